@@ -1,0 +1,1 @@
+"""Benchmark tasks, instruction data, prompt templates and training-set builders."""

@@ -1,0 +1,1 @@
+"""Evaluation: generation engine, answer extraction, scoring."""
