@@ -1,0 +1,254 @@
+"""The Commonsense170K recipe: the eight commonsense tasks' training splits in their evaluation templates.
+
+Each record's instruction is written exactly as the task's test file writes it (`dataset/<task>/test.json`),
+and its output is "the correct answer is <label>" (reference E.2). Sources, from whatever is present:
+
+| task | source | form |
+|---|---|---|
+| boolq, arc-e, arc-c, obqa | `dataset/<folder>/train.json` | already in format; validated, reused as is |
+| piqa | `extra/piqa/train_sample_llm_adapters.json` | in format; a 312-item sample of the 16,113 |
+| siqa | `extra/social_i_qa/socialiqa-train-dev.zip`: train.jsonl + train-labels.lst | raw; `dev.jsonl` is the test set and is never read |
+| winogrande | `extra/winogrande/train_<size>.jsonl` + labels | raw; one size, never concatenated (nested splits) |
+| hellaswag | `extra/hellaswag/hellaswag_train.jsonl` | raw; a 3,368-item prefix of the official train file |
+"""
+from __future__ import annotations
+
+import functools
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from llm_adapters.data.build import (
+    BuildResult,
+    MixOptions,
+    Record,
+    SourceStats,
+    make_record,
+    mix,
+    read_jsonl,
+    read_records,
+    resolve_data_dir,
+    resolve_extra_dir,
+    source_stats,
+)
+from llm_adapters.data.tasks import GROUPS, TASKS, resolve_tasks
+
+WinograndeSize = Literal["xs", "s", "m", "l"]
+WINOGRANDE_SIZES: tuple[str, ...] = ("xs", "s", "m", "l")  # nested official splits; xl (40k) is not in the store
+SIQA_MEMBERS = ("socialiqa-train-dev/train.jsonl", "socialiqa-train-dev/train-labels.lst")
+
+
+@dataclass(frozen=True)
+class ChoiceFormat:
+    """How one task writes a multiple-choice instruction (copied from its test file)."""
+
+    header: str  # the sentence before the question
+    word: str  # option label: "Answer1: ...", "Solution1: ..."
+    option_sep: str  # between options
+    format_sep: str  # between the last option and "Answer format:"
+
+
+_ANSWER = ChoiceFormat("Please choose the correct answer to the question: ", "Answer", " ", "\n\n")
+FORMATS: dict[str, ChoiceFormat] = {
+    "piqa": ChoiceFormat("Please choose the correct solution to the question: ", "Solution", "\n\n", "\n\n"),
+    "siqa": _ANSWER,
+    "hellaswag": ChoiceFormat("Please choose the correct ending to complete the given sentence: ", "Ending", " ", "\n\n"),
+    # WinoGrande's test file has no blank line before "Answer format:".
+    "winogrande": ChoiceFormat(
+        "Please choose the correct answer to fill in the blank to complete the given sentence: ", "Option", " ", " "
+    ),
+    "arc-e": _ANSWER,
+    "arc-c": _ANSWER,
+    "obqa": _ANSWER,
+}
+BOOLQ_HEADER = "Please answer the following question with true or false, question: "
+BOOLQ_FORMAT = "\n\nAnswer format: true/false"
+
+
+def choice_instruction(task: str, question: str, options: list[str]) -> str:
+    """The instruction of a multiple-choice item, as the task's test file writes it.
+
+    Example:
+        >>> choice_instruction("winogrande", "Sarah was better than Maria so _ won.", ["Sarah", "Maria"])
+        'Please choose the correct answer to fill in the blank to complete the given sentence: Sarah was better \
+than Maria so _ won.\\n\\nOption1: Sarah Option2: Maria Answer format: option1/option2'
+    """
+    fmt = FORMATS[task]
+    listed = fmt.option_sep.join(f"{fmt.word}{i}: {option}" for i, option in enumerate(options, start=1))
+    labels = "/".join(f"{fmt.word.lower()}{i}" for i in range(1, len(options) + 1))
+    return f"{fmt.header}{question}\n\n{listed}{fmt.format_sep}Answer format: {labels}"
+
+
+def boolq_instruction(question: str) -> str:
+    """BoolQ's instruction (no passage, as in the original; the question mark is added)."""
+    return f"{BOOLQ_HEADER}{question}?{BOOLQ_FORMAT}"
+
+
+def label_record(instruction: str, label: str) -> Record:
+    """A commonsense record: output "the correct answer is <label>", answer "<label>"."""
+    return make_record(instruction, f"the correct answer is {label}", label)
+
+
+def _check_in_format(task: str, record: dict, path: Path, index: int) -> None:
+    """Raise ValueError naming file, index and field if an in-format record breaks the task's template."""
+    where = f"{path}: record {index}"
+    header = BOOLQ_HEADER if task == "boolq" else FORMATS[task].header
+    if not record["instruction"].startswith(header):
+        raise ValueError(f"{where}: field 'instruction' does not start with {header!r}")
+    if "Answer format: " not in record["instruction"]:
+        raise ValueError(f"{where}: field 'instruction' has no 'Answer format:' line")
+    if record["answer"] not in TASKS[task].labels:
+        raise ValueError(f"{where}: field 'answer' is {record['answer']!r}; accepted: {', '.join(TASKS[task].labels)}")
+    if record["output"] != f"the correct answer is {record['answer']}":
+        raise ValueError(f"{where}: field 'output' is {record['output']!r}, not 'the correct answer is <answer>'")
+    if record["input"] != "":
+        raise ValueError(f"{where}: field 'input' is not empty")
+
+
+def _in_format(task: str, path: Path, note: str = "") -> tuple[list[Record], SourceStats]:
+    stats = source_stats(task, [path], note)
+    records = read_records(path)
+    for i, record in enumerate(records):
+        _check_in_format(task, record, path, i)
+    stats.read = len(records)
+    return [make_record(r["instruction"], r["output"], r["answer"]) for r in records], stats
+
+
+def _labelled(rows: list[dict], labels: list[str], path: Path, accepted: tuple[str, ...]) -> list[tuple[dict, str]]:
+    """Pair raw rows with their label lines; a count mismatch or an unknown label is an error."""
+    if len(rows) != len(labels):
+        raise ValueError(f"{path}: {len(rows)} items but {len(labels)} labels")
+    for i, label in enumerate(labels):
+        if label not in accepted:
+            raise ValueError(f"{path}: label line {i + 1} is {label!r}; accepted: {', '.join(accepted)}")
+    return list(zip(rows, labels))
+
+
+def _siqa(extra: Path, options: CommonsenseOptions) -> tuple[list[Record], SourceStats]:
+    path = extra / "social_i_qa" / "socialiqa-train-dev.zip"
+    stats = source_stats("siqa", [path], "train.jsonl + train-labels.lst read inside the zip; dev.jsonl is the test set")
+    with zipfile.ZipFile(path) as archive:
+        rows = read_jsonl(path / SIQA_MEMBERS[0], archive.read(SIQA_MEMBERS[0]).decode("utf-8"))
+        labels = archive.read(SIQA_MEMBERS[1]).decode("utf-8").split()
+    records = []
+    for i, (row, label) in enumerate(_labelled(rows, labels, path / SIQA_MEMBERS[1], ("1", "2", "3"))):
+        try:
+            question = f"{row['context']} {row['question']}"
+            answers = [row["answerA"], row["answerB"], row["answerC"]]
+        except KeyError as error:
+            raise ValueError(f"{path / SIQA_MEMBERS[0]}: record {i}: field {error.args[0]!r} missing") from error
+        records.append(label_record(choice_instruction("siqa", question, answers), f"answer{label}"))
+    stats.read = len(rows)
+    return records, stats
+
+
+def _winogrande(extra: Path, options: CommonsenseOptions) -> tuple[list[Record], SourceStats]:
+    size = options.winogrande_size
+    path = extra / "winogrande" / f"train_{size}.jsonl"
+    label_path = path.with_name(f"train_{size}-labels.lst")
+    stats = source_stats("winogrande", [path, label_path], f"size {size} (nested official splits, not concatenated)")
+    rows = read_jsonl(path)
+    labels = label_path.read_text(encoding="utf-8").split()
+    records = []
+    for i, (row, label) in enumerate(_labelled(rows, labels, label_path, ("1", "2"))):
+        if "answer" in row and str(row["answer"]) != label:
+            raise ValueError(f"{path}: record {i}: field 'answer' is {row['answer']!r} but the label file says {label}")
+        try:
+            instruction = choice_instruction("winogrande", row["sentence"], [row["option1"], row["option2"]])
+        except KeyError as error:
+            raise ValueError(f"{path}: record {i}: field {error.args[0]!r} missing") from error
+        records.append(label_record(instruction, f"option{label}"))
+    stats.read = len(rows)
+    return records, stats
+
+
+def _hellaswag(extra: Path, options: CommonsenseOptions) -> tuple[list[Record], SourceStats]:
+    path = extra / "hellaswag" / "hellaswag_train.jsonl"
+    stats = source_stats("hellaswag", [path], "a prefix of the official train file (ActivityNet only)")
+    rows = read_jsonl(path)
+    records = []
+    for i, row in enumerate(rows):
+        endings, label = row.get("endings"), row.get("label")
+        if not isinstance(endings, list) or len(endings) != 4:
+            raise ValueError(f"{path}: record {i}: field 'endings' is not a list of 4 endings")
+        if str(label) not in ("0", "1", "2", "3"):
+            raise ValueError(f"{path}: record {i}: field 'label' is {label!r}; accepted: 0, 1, 2, 3")
+        question = f"{row['activity_label']}: {row['ctx']}"
+        records.append(label_record(choice_instruction("hellaswag", question, endings), f"ending{int(label) + 1}"))
+    stats.read = len(rows)
+    return records, stats
+
+
+def _dataset_train(task: str) -> Callable[[Path, CommonsenseOptions], tuple[list[Record], SourceStats]]:
+    def load(data_dir: Path, options: CommonsenseOptions) -> tuple[list[Record], SourceStats]:
+        return _in_format(task, data_dir / "dataset" / TASKS[task].folder / "train.json")
+
+    return load
+
+
+def _piqa(extra: Path, options: CommonsenseOptions) -> tuple[list[Record], SourceStats]:
+    return _in_format("piqa", extra / "piqa" / "train_sample_llm_adapters.json", "a 312-item sample of 16,113")
+
+
+# task -> (which folder it reads from, loader)
+SOURCES: dict[str, tuple[Literal["data", "extra"], Callable]] = {
+    "boolq": ("data", _dataset_train("boolq")),
+    "piqa": ("extra", _piqa),
+    "siqa": ("extra", _siqa),
+    "hellaswag": ("extra", _hellaswag),
+    "winogrande": ("extra", _winogrande),
+    "arc-e": ("data", _dataset_train("arc-e")),
+    "arc-c": ("data", _dataset_train("arc-c")),
+    "obqa": ("data", _dataset_train("obqa")),
+}
+
+
+@dataclass
+class CommonsenseOptions(MixOptions):
+    """Options of `build_commonsense` (each is a flag of `llm-adapters data build commonsense`)."""
+
+    tasks: tuple[str, ...] = field(default=GROUPS["commonsense"], metadata={"help": "commonsense tasks to include"})
+    max_per_task: int | None = field(default=None, metadata={"help": "keep at most this many items per task"})
+    winogrande_size: WinograndeSize = field(default="l", metadata={"help": "WinoGrande train size: xs, s, m, l"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, str):
+            self.tasks = tuple(self.tasks.split(","))
+        self.tasks = tuple(task.name for task in resolve_tasks(self.tasks))
+        problems = [f"task {t!r} is not a commonsense task" for t in self.tasks if t not in SOURCES]
+        if self.winogrande_size not in WINOGRANDE_SIZES:
+            problems.append(f"winogrande_size {self.winogrande_size!r}; accepted: {', '.join(WINOGRANDE_SIZES)}")
+        self.check(problems, self.max_per_task, f"commonsense tasks: {', '.join(SOURCES)}")
+
+
+def build_commonsense(
+    options: CommonsenseOptions | None = None, out: str | Path | None = None, overwrite: bool = False
+) -> BuildResult:
+    """Build the Commonsense170K-style mixture from the training splits present.
+
+    Args:
+        options: tasks, per-task maximum, seed, shuffle, WinoGrande size, overlap handling, data folders.
+        out: write `<out>.json` and `<out>.provenance.json` (nothing is written if None).
+        overwrite: replace existing outputs.
+
+    Raises:
+        FileNotFoundError: the data folder or a requested task's source file is missing (leave the task out).
+        ValueError: a bad option, or a bad source record (named by file, index and field).
+        FileExistsError: an output exists and `overwrite` is false.
+
+    Example:
+        >>> result = build_commonsense(CommonsenseOptions(tasks=("boolq", "siqa"), max_per_task=100))  # doctest: +SKIP
+    """
+    options = options or CommonsenseOptions()
+    data_dir = resolve_data_dir(options.data_dir)
+    folders = {"data": data_dir, "extra": resolve_extra_dir(options.extra_dir, data_dir)}
+    loaders = [functools.partial(_load, task, folders[SOURCES[task][0]], options) for task in options.tasks]
+    return mix("commonsense", options, "commonsense", data_dir, loaders, options.max_per_task, out, overwrite)
+
+
+def _load(task: str, folder: Path, options: CommonsenseOptions) -> tuple[list[Record], SourceStats]:
+    try:
+        return SOURCES[task][1](folder, options)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{task}: {error}; leave the task out with --tasks") from error
