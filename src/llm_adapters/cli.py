@@ -16,6 +16,81 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="benchmark and training data: download, list, build, check overlap")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     # DATA SUBCOMMANDS (each adds its parser here and sets `func`)
+    _add_build_commands(data_sub)
+    _add_check_overlap_command(data_sub)
+
+
+def _add_option_flags(parser: argparse.ArgumentParser, options_cls: type) -> None:
+    """One flag per field of an options dataclass: `--max-per-task`; a bool defaulting to True becomes `--no-x`."""
+    import dataclasses
+
+    for f in dataclasses.fields(options_cls):
+        flag, help = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+        if f.type == "bool":
+            off = "--no-" + flag[2:]
+            action = "store_false" if f.default else "store_true"
+            parser.add_argument(off if f.default else flag, dest=f.name, action=action, help=help)
+            continue
+        kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
+        default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"{help} (default: {default})")
+
+
+def _options_from_args(options_cls: type, args: argparse.Namespace):
+    import dataclasses
+
+    return options_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options_cls)})
+
+
+def _add_build_commands(data_sub: argparse._SubParsersAction) -> None:
+    import functools
+
+    from llm_adapters.data import build_commonsense, build_math, build_synthetic
+
+    build = data_sub.add_parser("build", help="build a training set: OUT.json (LLM-Adapters) + OUT.provenance.json")
+    builders = build.add_subparsers(dest="builder", required=True, metavar="BUILDER")
+    for name, function, options_cls, help in (
+        ("commonsense", build_commonsense.build_commonsense, build_commonsense.CommonsenseOptions,
+         "the Commonsense170K recipe from the training splits present"),
+        ("math", build_math.build_math, build_math.MathOptions,
+         "GSM8K train + MAWPS train + AQuA dev with rationales, in the Math10K format"),
+        ("synthetic-arithmetic", build_synthetic.build_synthetic_arithmetic, build_synthetic.SyntheticOptions,
+         "seeded one- and two-step word problems (no download)"),
+    ):
+        parser = builders.add_parser(name, help=help)
+        parser.add_argument("--out", required=True, help="output path; writes OUT.json and OUT.provenance.json")
+        parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+        _add_option_flags(parser, options_cls)
+        parser.set_defaults(func=functools.partial(_run_build, function, options_cls))
+
+
+def _run_build(function, options_cls: type, args: argparse.Namespace) -> int:
+    from llm_adapters.data.build import log_summary
+
+    print(log_summary(function(_options_from_args(options_cls, args), args.out, args.overwrite)))
+    return 0
+
+
+def _add_check_overlap_command(data_sub: argparse._SubParsersAction) -> None:
+    parser = data_sub.add_parser("check-overlap", help="report training questions that also occur in test sets")
+    parser.add_argument("train", help="training data (JSON list or JSONL with an `instruction` field)")
+    parser.add_argument("--tasks", required=True, help="tasks or groups, e.g. gsm8k,addsub or math")
+    parser.add_argument("--mode", choices=("ws", "alnum"), default="alnum",
+                        help="ws: lower-case + collapsed whitespace; alnum: also only [a-z0-9] and 56.0 -> 56")
+    parser.add_argument("--data-dir", help="LLM-Adapters data folder (default: $LLM_ADAPTERS_SHARED_DATA)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--fail-on-overlap", action="store_true", help="exit 1 if any overlap is found")
+    parser.set_defaults(func=_run_check_overlap)
+
+
+def _run_check_overlap(args: argparse.Namespace) -> int:
+    import json
+
+    from llm_adapters.data.overlap import check_overlap
+
+    report = check_overlap(args.train, args.tasks, args.data_dir, args.mode)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report.format())
+    return 1 if args.fail_on_overlap and report.total_matched else 0
 
 
 def make_parser() -> argparse.ArgumentParser:

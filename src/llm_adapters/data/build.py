@@ -110,6 +110,7 @@ class SourceStats:
     read: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     test_overlaps: dict[str, int] = field(default_factory=dict)  # found per task; excluded unless kept
+    overlapping: int = 0  # items found in any test set of the group
     capped: int = 0  # left out by the per-source maximum
     kept: int = 0
     note: str = ""
@@ -163,6 +164,7 @@ def exclude_overlaps(
     """
     tasks = resolve_tasks(GROUPS[group])
     _, hits, missing = match_tasks([r["instruction"] for r in records], tasks, data_dir, mode)
+    stats.overlapping = len(hits)
     for names in hits.values():
         for name in names:
             stats.test_overlaps[name] = stats.test_overlaps.get(name, 0) + 1
@@ -259,7 +261,7 @@ def finish(
     data_path, sidecar = output_paths(out)
     existing = [str(p) for p in (data_path, sidecar) if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
+        raise FileExistsError(f"output exists: {', '.join(existing)}; pass --overwrite to replace it")
     write_json_atomic(data_path, records)
     provenance["output"] = {"path": str(data_path), "sha256": sha256_file(data_path)}
     write_json_atomic(sidecar, provenance)
@@ -275,7 +277,8 @@ def log_summary(result: BuildResult) -> str:
         if s["dropped"]:
             parts.append("dropped " + ", ".join(f"{n} {why}" for why, n in s["dropped"].items()))
         if s["test_overlaps"]:
-            parts.append("test overlaps " + ", ".join(f"{t} {n}" for t, n in s["test_overlaps"].items()))
+            found = ", ".join(f"{t} {n}" for t, n in s["test_overlaps"].items())
+            parts.append(f"{s['overlapping']} in test sets ({found})")
         if s["capped"]:
             parts.append(f"{s['capped']} over the maximum")
         if s["note"]:

@@ -38,20 +38,28 @@ _OBJECTS = (
 # a problem. Fields: {name} {pron} {obj} {a} {b} {r}.
 _FIRST: dict[str, tuple[tuple[str, str], ...]] = {
     "+": (
-        ("{name} has {a} {obj}. {Pron} gets {b} more {obj}.", "{name} has {a} {obj} and gets {b} more, so {a} + {b} = {r}."),
-        ("{name} picks {a} {obj} in the morning and {b} {obj} in the afternoon.", "{name} picks {a} and then {b}, so {a} + {b} = {r}."),
+        ("{name} has {a} {obj}. {Pron} gets {b} more {obj}.",
+         "{name} has {a} {obj} and gets {b} more, so {a} + {b} = {r}."),
+        ("{name} picks {a} {obj} in the morning and {b} {obj} in the afternoon.",
+         "{name} picks {a} and then {b}, so {a} + {b} = {r}."),
     ),
     "-": (
-        ("{name} has {a} {obj}. {Pron} gives {b} {obj} to a friend.", "{name} has {a} {obj} and gives away {b}, so {a} - {b} = {r}."),
-        ("{name} had {a} {obj} and lost {b} of them.", "{name} had {a} {obj} and lost {b}, so {a} - {b} = {r}."),
+        ("{name} has {a} {obj}. {Pron} gives {b} {obj} to a friend.",
+         "{name} has {a} {obj} and gives away {b}, so {a} - {b} = {r}."),
+        ("{name} had {a} {obj} and lost {b} of them.",
+         "{name} had {a} {obj} and lost {b}, so {a} - {b} = {r}."),
     ),
     "*": (
-        ("{name} buys {a} bags of {obj}. Each bag holds {b} {obj}.", "{a} bags with {b} {obj} each hold {a} * {b} = {r} {obj}."),
-        ("{name} has {a} boxes with {b} {obj} in each box.", "{a} boxes of {b} {obj} make {a} * {b} = {r} {obj}."),
+        ("{name} buys {a} bags of {obj}. Each bag holds {b} {obj}.",
+         "{a} bags with {b} {obj} each hold {a} * {b} = {r} {obj}."),
+        ("{name} has {a} boxes with {b} {obj} in each box.",
+         "{a} boxes of {b} {obj} make {a} * {b} = {r} {obj}."),
     ),
     "/": (
-        ("{name} has {a} {obj} and shares them equally among {b} friends.", "{a} {obj} shared among {b} friends is {a} / {b} = {r} each."),
-        ("{name} packs {a} {obj} equally into {b} boxes.", "{a} {obj} in {b} equal boxes is {a} / {b} = {r} per box."),
+        ("{name} has {a} {obj} and shares them equally among {b} friends.",
+         "{a} {obj} shared among {b} friends is {a} / {b} = {r} each."),
+        ("{name} packs {a} {obj} equally into {b} boxes.",
+         "{a} {obj} in {b} equal boxes is {a} / {b} = {r} per box."),
     ),
 }
 # Second step on the running amount {x}: fields {pron} {obj} {x} {c} {r}.
