@@ -93,6 +93,61 @@ def _run_check_overlap(args: argparse.Namespace) -> int:
     return 1 if args.fail_on_overlap and report.total_matched else 0
 
 
+def add_spec_flags(parser: argparse.ArgumentParser) -> None:
+    """--preset and one flag per AdapterSpec field (unset flags keep the preset's or the method's defaults)."""
+    import dataclasses
+
+    from llm_adapters.methods.spec import PRESETS, AdapterSpec
+
+    parser.add_argument("--preset", help=f"a named spec: {', '.join(PRESETS)}")
+    for f in dataclasses.fields(AdapterSpec):
+        kind = int if f.type == "int" else float if f.type == "float" else str
+        if f.type == "bool":
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true", default=None,
+                                help=f.metadata["help"])
+            continue
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                            help=f"{f.metadata['help']} (default: {f.default if f.default is not dataclasses.MISSING else 'required without --preset'})")
+
+
+def spec_from_args(args: argparse.Namespace):
+    import dataclasses
+
+    from llm_adapters.methods.spec import AdapterSpec, make_spec
+
+    return make_spec(args.preset, **{f.name: getattr(args, f.name) for f in dataclasses.fields(AdapterSpec)})
+
+
+def _add_params_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "params", help="count trainable / total parameters of a method on a model (meta presets need no weights)",
+        description="Trainable, total (base + trainable) and percent = 100 * trainable / total, the paper's "
+                    "convention. Example: llm-adapters params --model llama-7b --preset paper-lora --json")
+    parser.add_argument("--model", required=True,
+                        help="a base model: llama-7b, llama-13b, bloomz-7b1, gpt-j-6b (meta device), "
+                             "smollm2-135m, tiny-*, or a local folder")
+    add_spec_flags(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object: trainable, total, percent")
+    parser.set_defaults(func=_run_params)
+
+
+def _run_params(args: argparse.Namespace) -> int:
+    import json
+
+    from llm_adapters.methods import attach, count_parameters
+    from llm_adapters.models import load_model
+
+    spec = spec_from_args(args)
+    model, _ = load_model(args.model)
+    counts = count_parameters(attach(model, spec))
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        print(f"{args.model} + {spec.method} ({spec.resolved_placement}): trainable {counts['trainable']:,} / "
+              f"total {counts['total']:,} = {counts['percent']:.3f} %")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-adapters",
@@ -100,6 +155,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # COMMANDS (each adds its parser here and sets `func`)
+    _add_params_command(subparsers)
     _add_data_commands(subparsers)
     return parser
 

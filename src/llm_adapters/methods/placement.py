@@ -41,13 +41,18 @@ METHOD_ROLES: dict[str, dict[str, list[str]]] = {
 }
 
 
-def adaptable_module_names(model: nn.Module) -> list[str]:
-    """Short names (the last two name parts, deduplicated, in model order) of the Linear/Conv1D layers."""
-    seen: dict[str, None] = {}
+def _linear_names(model: nn.Module) -> list[str]:
+    """Full names of the base model's Linear/Conv1D layers (an adapter-wrapped layer under its own name)."""
+    names = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, Conv1D)) and "lora_" not in name and "adapter_" not in name:
-            seen[".".join(name.split(".")[-2:])] = None
-    return list(seen)
+            names.append(name.removesuffix(".base_layer"))
+    return names
+
+
+def adaptable_module_names(model: nn.Module) -> list[str]:
+    """Short names (the last two name parts, deduplicated, in model order) of the Linear/Conv1D layers."""
+    return list(dict.fromkeys(".".join(name.split(".")[-2:]) for name in _linear_names(model)))
 
 
 def _matches(name: str, target: str) -> bool:
@@ -55,7 +60,7 @@ def _matches(name: str, target: str) -> bool:
 
 
 def _check_exist(model: nn.Module, targets: Sequence[str], what: str) -> None:
-    names = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
+    names = _linear_names(model)
     missing = [t for t in targets if not any(_matches(name, t) for name in names)]
     if missing:
         raise ValueError(

@@ -1,0 +1,118 @@
+"""Every method x tiny architecture: trainability, identity at init, training moves logits, batched generation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_adapters.methods import METHODS, attach, count_parameters
+from llm_adapters.methods.spec import PROMPT_LEARNING
+from llm_adapters.models import TINY_MODELS, load_model
+
+SMALL = {"bottleneck_size": 8, "r": 4, "num_virtual_tokens": 3}
+IDENTITY_AT_INIT = [m for m in METHODS if m not in PROMPT_LEARNING]  # prompt learning adds tokens by design
+CELLS = [(arch, method) for arch in TINY_MODELS for method in METHODS]
+PROMPTS = ["Hello there, how", "A", "The quick brown fox jumps"]
+
+
+def _batch(tokenizer, texts=PROMPTS):
+    return tokenizer(texts, return_tensors="pt", padding=True)
+
+
+def _perturb(model, scale=0.5, seed=0):
+    """Move every trainable weight off its initial value, so the adapter visibly changes the output."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+@pytest.mark.parametrize("arch,method", CELLS)
+def test_attach_backward_reaches_only_adapter_parameters(arch, method):
+    model, tokenizer = load_model(arch)
+    base_names = {name for name, _ in model.named_parameters()}
+    peft_model = attach(model, {"method": method, **SMALL})
+    peft_model.train()
+    batch = _batch(tokenizer)
+    loss = peft_model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    with_grad = {n for n, p in peft_model.named_parameters() if p.grad is not None}
+    assert trainable, "no trainable parameters"
+    assert with_grad <= trainable
+    assert with_grad, "no adapter parameter received a gradient"
+    # No parameter of the base model (under its PEFT name) is trainable.
+    for name in trainable:
+        short = name.replace("base_model.model.", "").replace(".base_layer", "")
+        assert short not in base_names, f"base parameter {name} is trainable"
+    counts = count_parameters(peft_model)
+    assert counts["trainable"] == sum(p.numel() for n, p in peft_model.named_parameters() if n in trainable)
+
+
+@pytest.mark.parametrize("arch,method", [(a, m) for a in TINY_MODELS for m in IDENTITY_AT_INIT])
+def test_attach_with_zero_init_keeps_base_logits(arch, method):
+    model, tokenizer = load_model(arch)
+    batch = _batch(tokenizer)
+    with torch.no_grad():
+        base_logits = model(**batch).logits
+    peft_model = attach(model, {"method": method, "init": "zeros", **SMALL}).eval()
+    with torch.no_grad():
+        adapted = peft_model(**batch).logits
+    torch.testing.assert_close(adapted, base_logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,method", CELLS)
+def test_one_optimizer_step_changes_logits(arch, method):
+    model, tokenizer = load_model(arch)
+    peft_model = attach(model, {"method": method, **SMALL})
+    batch = _batch(tokenizer)
+    peft_model.eval()
+    with torch.no_grad():
+        before = peft_model(**batch).logits.clone()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    peft_model.train()
+    peft_model(**batch, labels=batch["input_ids"]).loss.backward()
+    optimizer.step()
+    peft_model.eval()
+    with torch.no_grad():
+        after = peft_model(**batch).logits
+    assert not torch.allclose(before, after, atol=1e-6)
+
+
+def _strip(tokenizer, ids):
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _greedy_by_forward(model, tokenizer, prompt, steps):
+    """Reference decoding: full forward (no cache, no generate) and argmax, one token at a time."""
+    ids = tokenizer([prompt], return_tensors="pt").input_ids
+    new = []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        token = int(logits[0, -1].argmax())
+        new.append(token)
+        if token == tokenizer.eos_token_id:
+            break
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return _strip(tokenizer, new)
+
+
+@pytest.mark.parametrize("arch,method", CELLS)
+def test_batched_generation_equals_single_and_reference(arch, method):
+    model, tokenizer = load_model(arch)
+    peft_model = attach(model, {"method": method, "init": "paper", **SMALL})
+    _perturb(peft_model)
+    peft_model.eval()
+    steps = 5
+    batch = _batch(tokenizer)
+    out = peft_model.generate(**batch, max_new_tokens=steps, do_sample=False)
+    batched = [_strip(tokenizer, row[batch["input_ids"].shape[1]:]) for row in out]
+    single = []
+    for prompt in PROMPTS:
+        one = tokenizer([prompt], return_tensors="pt")
+        row = peft_model.generate(**one, max_new_tokens=steps, do_sample=False)[0]
+        single.append(_strip(tokenizer, row[one["input_ids"].shape[1]:]))
+    assert batched == single
+    # And generation uses the adapter as the forward pass does (prefix not dropped, prompts not re-injected).
+    assert single[2] == _greedy_by_forward(peft_model, tokenizer, PROMPTS[2], steps)

@@ -1,0 +1,58 @@
+"""Save every method x tiny architecture, reload each in one fresh process, compare logits exactly."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import torch
+from safetensors.torch import save_file
+
+from llm_adapters.methods import METHODS, attach
+from llm_adapters.models import TINY_MODELS, load_model
+
+TEXTS = ["Hello there, how", "The quick brown fox"]
+
+
+def test_save_then_load_in_fresh_process_gives_identical_logits(tmp_path):
+    cells = []
+    for arch in TINY_MODELS:
+        for method in METHODS:
+            model, tokenizer = load_model(arch)
+            peft_model = attach(model, {"method": method, "init": "paper", "bottleneck_size": 8, "r": 4,
+                                        "num_virtual_tokens": 3})
+            with torch.no_grad():
+                for parameter in peft_model.parameters():
+                    if parameter.requires_grad:
+                        parameter.add_(torch.randn_like(parameter) * 0.3)
+            peft_model.eval()
+            folder = tmp_path / f"{arch}-{method}"
+            peft_model.save_pretrained(folder)
+            assert (folder / "adapter_model.safetensors").exists() and not (folder / "adapter_model.bin").exists()
+            with torch.no_grad():
+                logits = peft_model(**tokenizer(TEXTS, return_tensors="pt", padding=True)).logits
+            save_file({"logits": logits.contiguous()}, str(folder / "expected.safetensors"))
+            cells.append([arch, str(folder)])
+    script = textwrap.dedent("""
+        import json, sys
+        import torch
+        from safetensors.torch import load_file
+        import llm_adapters  # registers the bottleneck method
+        from llm_adapters.methods import load_adapter
+        from llm_adapters.models import load_model
+        failures = []
+        for arch, folder in json.loads(sys.argv[1]):
+            model, tokenizer = load_model(arch)
+            peft_model = load_adapter(model, folder)
+            with torch.no_grad():
+                logits = peft_model(**tokenizer(json.loads(sys.argv[2]), return_tensors="pt", padding=True)).logits
+            expected = load_file(folder + "/expected.safetensors")["logits"]
+            if not torch.equal(logits, expected):
+                failures.append((folder, float((logits - expected).abs().max())))
+        print(json.dumps(failures))
+    """)
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(cells), json.dumps(TEXTS)],
+                            capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
