@@ -16,8 +16,40 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="benchmark and training data: download, list, build, check overlap")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     # DATA SUBCOMMANDS (each adds its parser here and sets `func`)
+    _add_download_list_commands(data_sub)
     _add_build_commands(data_sub)
     _add_check_overlap_command(data_sub)
+
+
+def _add_download_list_commands(data_sub: argparse._SubParsersAction) -> None:
+    from llm_adapters.data.tasks import UPSTREAM
+
+    download = data_sub.add_parser("download", help="fetch benchmark test files, verified against shipped sha256 sums")
+    download.add_argument("tasks", nargs="*", default=["all"], help="tasks or groups (default: all)")
+    download.add_argument("--data-dir", help="target (default: $LLM_ADAPTERS_DATA, else ~/.cache/llm-adapters/data)")
+    download.add_argument("--base-url", default=UPSTREAM, help=f"repository root to fetch from (default: {UPSTREAM})")
+    download.add_argument("--allow-unverified", action="store_true", help="fetch files with no known sum (hellaswag)")
+    download.add_argument("--force", action="store_true", help="replace a present file whose sum differs")
+    download.set_defaults(func=_run_data_download)
+    listing = data_sub.add_parser("list", help="each benchmark task: records, size, present or missing")
+    listing.add_argument("--data-dir", help="(default: $LLM_ADAPTERS_DATA, else ~/.cache/llm-adapters/data)")
+    listing.set_defaults(func=_run_data_list)
+
+
+def _run_data_list(args: argparse.Namespace) -> int:
+    from llm_adapters.data.io import list_tasks
+
+    print(list_tasks(args.data_dir))
+    return 0
+
+
+def _run_data_download(args: argparse.Namespace) -> int:
+    from llm_adapters.data.io import download_tasks
+    from llm_adapters.data.tasks import resolve_tasks
+
+    print("\n".join(download_tasks(resolve_tasks(args.tasks), args.data_dir, base_url=args.base_url,
+                                    allow_unverified=args.allow_unverified, force=args.force)))
+    return 0
 
 
 def _add_option_flags(parser: argparse.ArgumentParser, options_cls: type) -> None:
