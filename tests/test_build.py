@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import operator
-import os
 import re
 import zipfile
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_adapters.cli import main
-from llm_adapters.data.build import ENV_DATA, output_paths, read_records, sha256_file
+from llm_adapters.data.build import output_paths, resolve_layout_dir
 from llm_adapters.data.build_commonsense import (
     BOOLQ_HEADER,
     FORMATS,
@@ -34,10 +33,11 @@ from llm_adapters.data.build_synthetic import (
     generate_problems,
     in_test_split,
 )
+from llm_adapters.data.io import ENV_DATA, sha256_file
 from llm_adapters.data.overlap import match_tasks
 from llm_adapters.data.tasks import GROUPS, TASKS, resolve_tasks
 
-SHARED = Path(os.environ.get(ENV_DATA) or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DATA = SHARED / "llm-adapters"
 needs_data = pytest.mark.skipif(not (DATA / "dataset").is_dir(), reason=f"shared data not found at {SHARED}")
 MATH_OUTPUT = re.compile(r"^\n(A|Rationale): .+ The answer is (\S+)\.$", re.S)
@@ -175,7 +175,8 @@ def test_build_commonsense_names_the_bad_record(tmp_path: Path) -> None:
     records = json.loads(train.read_text())
     records[1]["output"] = "true"
     train.write_text(json.dumps(records))
-    with pytest.raises(ValueError, match=r"train\.json: record 1: field 'output'"):
+    message = f"{train}, record 1, field 'output': 'true' is not 'the correct answer is <answer>'"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         build_commonsense(CommonsenseOptions(tasks=("boolq",), data_dir=str(data)))
 
 
@@ -300,11 +301,26 @@ def test_builder_writes_data_and_sidecar_and_refuses_to_overwrite(tmp_path: Path
     assert len(json.loads(data.read_text())) == 10
 
 
-def test_read_records_names_file_index_and_field(tmp_path: Path) -> None:
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"instruction": "a", "input": "", "output": "b", "answer": "c"}\n{"instruction": 3}\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl: record 1: field 'instruction' not a string"):
-        read_records(path)
+def test_builder_names_the_bad_raw_record_by_file_index_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "dataset" / "mawps" / "trainset.json"
+    path.parent.mkdir(parents=True)
+    rows = [{"original_text": "a", "equation": "x=1+1", "ans": 2}, {"original_text": "b", "ans": 3}]
+    path.write_text(json.dumps(rows))
+    message = f"{path}, record 1, field 'equation': missing (the record has 'original_text', 'ans')"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        build_math(MathOptions(sources=("mawps",), data_dir=str(tmp_path)))
+
+
+def test_data_folder_is_the_layout_folder_or_its_parent_and_defaults_to_the_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "llm-adapters" / "dataset").mkdir(parents=True)
+    assert resolve_layout_dir(tmp_path) == resolve_layout_dir(tmp_path / "llm-adapters") == tmp_path / "llm-adapters"
+    monkeypatch.setenv(ENV_DATA, str(tmp_path))
+    assert resolve_layout_dir() == tmp_path / "llm-adapters"
+    message = f"{tmp_path / 'extra'} has no dataset/ folder (expected dataset/<name>/test.json, LLM-Adapters layout); "
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(message)}pass --data-dir or set \\$LLM_ADAPTERS_DATA$"):
+        resolve_layout_dir(tmp_path / "extra")
 
 
 def test_cli_build_synthetic_and_overwrite_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from llm_adapters.cli import main
-from llm_adapters.data.build import ENV_DATA
+from llm_adapters.data.io import ENV_DATA
 from llm_adapters.data.overlap import check_overlap, normalise
 from llm_adapters.data.tasks import TASKS
 
-SHARED = Path(os.environ.get(ENV_DATA) or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DATA = SHARED / "llm-adapters"
 pytestmark = pytest.mark.skipif(not (DATA / "dataset").is_dir(), reason=f"shared data not found at {SHARED}")
 PLANTED_AT = (1, 4, 6)
@@ -72,10 +71,14 @@ def test_check_overlap_lists_tasks_without_a_test_file(planted) -> None:
         check_overlap(planted[0], "hellaswag", DATA)
 
 
-def test_cli_check_overlap_prints_and_fails_only_when_asked(planted, capsys: pytest.CaptureFixture) -> None:
-    argv = ["data", "check-overlap", str(planted[0]), "--tasks", "gsm8k", "--data-dir", str(SHARED)]
+def test_cli_check_overlap_prints_and_fails_only_when_asked(
+    planted, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["data", "check-overlap", str(planted[0]), "--tasks", "gsm8k"]
+    monkeypatch.setenv(ENV_DATA, str(SHARED))  # the data folder's parent, found without --data-dir
     assert main(argv) == 0
     assert "3/1319" in capsys.readouterr().out
-    assert main(argv + ["--json", "--fail-on-overlap"]) == 1
+    monkeypatch.setenv(ENV_DATA, str(planted[0].parent))  # no dataset/ there: --data-dir wins
+    assert main(argv + ["--data-dir", str(SHARED), "--json", "--fail-on-overlap"]) == 1
     assert json.loads(capsys.readouterr().out)["total_matched"] == 3
     assert main(["data", "check-overlap", str(planted[0]), "--tasks", "nope", "--data-dir", str(SHARED)]) == 2

@@ -109,7 +109,8 @@ def _add_check_overlap_command(data_sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--tasks", required=True, help="tasks or groups, e.g. gsm8k,addsub or math")
     parser.add_argument("--mode", choices=("ws", "alnum"), default="alnum",
                         help="ws: lower-case + collapsed whitespace; alnum: also only [a-z0-9] and 56.0 -> 56")
-    parser.add_argument("--data-dir", help="LLM-Adapters data folder (default: $LLM_ADAPTERS_SHARED_DATA)")
+    parser.add_argument("--data-dir", help="LLM-Adapters data folder or its parent "
+                        "(default: $LLM_ADAPTERS_DATA, else ~/.cache/llm-adapters/data)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--fail-on-overlap", action="store_true", help="exit 1 if any overlap is found")
     parser.set_defaults(func=_run_check_overlap)

@@ -10,39 +10,36 @@ Training questions that also occur in a test set of the same group are excluded 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from llm_adapters.data.io import ENV_DATA, resolve_data_dir, sha256_file, write_json_atomic
+from llm_adapters.data.io import read_records  # noqa: F401  (re-exported: train_data imports it from here)
 from llm_adapters.data.overlap import MODES, Mode, match_tasks
 from llm_adapters.data.tasks import GROUPS, resolve_tasks
 
-ENV_DATA = "LLM_ADAPTERS_SHARED_DATA"
-FIELDS = ("instruction", "input", "output", "answer")
 Record = dict[str, str]
 
 
-def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+def resolve_layout_dir(data_dir: str | Path | None = None) -> Path:
     """The folder that holds `dataset/<name>/test.json` (the LLM-Adapters layout).
 
-    `data_dir` (or $LLM_ADAPTERS_SHARED_DATA) may be that folder or its parent (the shared `datasets/`
-    folder, whose `llm-adapters/` subfolder is used).
+    The data directory (`data_dir`, else $LLM_ADAPTERS_DATA, else the cache; see `io.resolve_data_dir`) may be
+    that folder or its parent (the shared `datasets/` folder, whose `llm-adapters/` subfolder is used).
 
     Raises:
-        FileNotFoundError: neither given, or no `dataset/` folder found there.
+        FileNotFoundError: no `dataset/` folder there or in its `llm-adapters/` subfolder.
     """
-    raw = data_dir if data_dir is not None else os.environ.get(ENV_DATA)
-    if not raw:
-        raise FileNotFoundError(f"no data directory: pass --data-dir or set ${ENV_DATA}")
-    root = Path(raw).expanduser()
+    root = resolve_data_dir(data_dir)
     for candidate in (root, root / "llm-adapters"):
         if (candidate / "dataset").is_dir():
             return candidate
-    raise FileNotFoundError(f"{root} has no dataset/ folder (expected dataset/<name>/test.json, LLM-Adapters layout)")
+    raise FileNotFoundError(
+        f"{root} has no dataset/ folder (expected dataset/<name>/test.json, LLM-Adapters layout); "
+        f"pass --data-dir or set ${ENV_DATA}"
+    )
 
 
 def resolve_extra_dir(extra_dir: str | Path | None, data_dir: Path) -> Path:
@@ -50,55 +47,9 @@ def resolve_extra_dir(extra_dir: str | Path | None, data_dir: Path) -> Path:
     return Path(extra_dir).expanduser() if extra_dir is not None else Path(data_dir).parent / "extra"
 
 
-def read_records(path: Path, required_fields: Iterable[str] = FIELDS) -> list[dict[str, Any]]:
-    """Read instruction data (a JSON list or JSONL of objects); a bad record is named by file, index and field.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: unreadable JSON, a record that is not an object, or a required field missing or not a string.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        records = json.loads(text) if text.lstrip().startswith("[") else read_jsonl(path)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON: {error}") from error
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}: record {i}: expected an object, got {type(record).__name__}")
-        for name in required_fields:
-            if not isinstance(record.get(name), str):
-                problem = "missing" if name not in record else f"not a string ({type(record[name]).__name__})"
-                raise ValueError(f"{path}: record {i}: field {name!r} {problem}")
-    return records
-
-
-def read_jsonl(path: Path, text: str | None = None) -> list[Any]:
-    """Parse JSON lines (from `text`, or the file); an unparsable line is named by file and line number."""
-    lines = (text if text is not None else Path(path).read_text(encoding="utf-8")).splitlines()
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: line {number}: not valid JSON: {error}") from error
-    return rows
-
-
 def make_record(instruction: str, output: str, answer: str) -> Record:
     """One LLM-Adapters training record (`input` is always empty, as in every original file)."""
     return {"instruction": instruction, "input": "", "output": output, "answer": answer}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -141,7 +92,9 @@ class MixOptions:
     shuffle: bool = field(default=True, metadata={"help": "shuffle each source and then the mixture"})
     keep_overlap: bool = field(default=False, metadata={"help": "keep items whose question is in a test set"})
     overlap_mode: Mode = field(default="alnum", metadata={"help": "question normalisation: ws or alnum"})
-    data_dir: str | None = field(default=None, metadata={"help": "LLM-Adapters data folder (dataset/...)"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": f"LLM-Adapters data folder (dataset/...) or its parent; unset: ${ENV_DATA}, else the cache"
+    })
     extra_dir: str | None = field(default=None, metadata={"help": "raw training splits (default: <data>/../extra)"})
 
     def check(self, problems: list[str], limit: int | None, accepted: str) -> None:
@@ -217,16 +170,6 @@ def output_paths(out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     stem = out.with_suffix("") if out.suffix == ".json" else out
     return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".provenance.json")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file and `os.replace`, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, ensure_ascii=False, indent=1)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def finish(

@@ -7,8 +7,8 @@ and its output is "the correct answer is <label>" (reference E.2). Sources, from
 |---|---|---|
 | boolq, arc-e, arc-c, obqa | `dataset/<folder>/train.json` | already in format; validated, reused as is |
 | piqa | `extra/piqa/train_sample_llm_adapters.json` | in format; a 312-item sample of the 16,113 |
-| siqa | `extra/social_i_qa/socialiqa-train-dev.zip`: train.jsonl + train-labels.lst | raw; `dev.jsonl` is the test set and is never read |
-| winogrande | `extra/winogrande/train_<size>.jsonl` + labels | raw; one size, never concatenated (nested splits) |
+| siqa | `extra/social_i_qa/socialiqa-train-dev.zip`: train.jsonl + its labels | raw; `dev.jsonl` (test) never read |
+| winogrande | `extra/winogrande/train_<size>.jsonl` + labels | raw; one size (nested splits, never concatenated) |
 | hellaswag | `extra/hellaswag/hellaswag_train.jsonl` | raw; a 3,368-item prefix of the official train file |
 """
 from __future__ import annotations
@@ -26,12 +26,11 @@ from llm_adapters.data.build import (
     SourceStats,
     make_record,
     mix,
-    read_jsonl,
-    read_records,
-    resolve_data_dir,
     resolve_extra_dir,
+    resolve_layout_dir,
     source_stats,
 )
+from llm_adapters.data.io import read_jsonl_text, read_records
 from llm_adapters.data.tasks import GROUPS, TASKS, resolve_tasks
 
 WinograndeSize = Literal["xs", "s", "m", "l"]
@@ -53,7 +52,9 @@ _ANSWER = ChoiceFormat("Please choose the correct answer to the question: ", "An
 FORMATS: dict[str, ChoiceFormat] = {
     "piqa": ChoiceFormat("Please choose the correct solution to the question: ", "Solution", "\n\n", "\n\n"),
     "siqa": _ANSWER,
-    "hellaswag": ChoiceFormat("Please choose the correct ending to complete the given sentence: ", "Ending", " ", "\n\n"),
+    "hellaswag": ChoiceFormat(
+        "Please choose the correct ending to complete the given sentence: ", "Ending", " ", "\n\n"
+    ),
     # WinoGrande's test file has no blank line before "Answer format:".
     "winogrande": ChoiceFormat(
         "Please choose the correct answer to fill in the blank to complete the given sentence: ", "Option", " ", " "
@@ -92,23 +93,24 @@ def label_record(instruction: str, label: str) -> Record:
 
 def _check_in_format(task: str, record: dict, path: Path, index: int) -> None:
     """Raise ValueError naming file, index and field if an in-format record breaks the task's template."""
-    where = f"{path}: record {index}"
+    where = f"{path}, record {index}"
     header = BOOLQ_HEADER if task == "boolq" else FORMATS[task].header
     if not record["instruction"].startswith(header):
-        raise ValueError(f"{where}: field 'instruction' does not start with {header!r}")
+        raise ValueError(f"{where}, field 'instruction': does not start with {header!r}")
     if "Answer format: " not in record["instruction"]:
-        raise ValueError(f"{where}: field 'instruction' has no 'Answer format:' line")
+        raise ValueError(f"{where}, field 'instruction': has no 'Answer format:' line")
     if record["answer"] not in TASKS[task].labels:
-        raise ValueError(f"{where}: field 'answer' is {record['answer']!r}; accepted: {', '.join(TASKS[task].labels)}")
+        accepted = ", ".join(TASKS[task].labels)
+        raise ValueError(f"{where}, field 'answer': {record['answer']!r} is not one of {accepted}")
     if record["output"] != f"the correct answer is {record['answer']}":
-        raise ValueError(f"{where}: field 'output' is {record['output']!r}, not 'the correct answer is <answer>'")
+        raise ValueError(f"{where}, field 'output': {record['output']!r} is not 'the correct answer is <answer>'")
     if record["input"] != "":
-        raise ValueError(f"{where}: field 'input' is not empty")
+        raise ValueError(f"{where}, field 'input': not empty")
 
 
 def _in_format(task: str, path: Path, note: str = "") -> tuple[list[Record], SourceStats]:
     stats = source_stats(task, [path], note)
-    records = read_records(path)
+    records = read_records(path, ("instruction", "output", "answer"))
     for i, record in enumerate(records):
         _check_in_format(task, record, path, i)
     stats.read = len(records)
@@ -127,17 +129,16 @@ def _labelled(rows: list[dict], labels: list[str], path: Path, accepted: tuple[s
 
 def _siqa(extra: Path, options: CommonsenseOptions) -> tuple[list[Record], SourceStats]:
     path = extra / "social_i_qa" / "socialiqa-train-dev.zip"
-    stats = source_stats("siqa", [path], "train.jsonl + train-labels.lst read inside the zip; dev.jsonl is the test set")
+    note = "train.jsonl + train-labels.lst read inside the zip; dev.jsonl is the test set"
+    stats = source_stats("siqa", [path], note)
     with zipfile.ZipFile(path) as archive:
-        rows = read_jsonl(path / SIQA_MEMBERS[0], archive.read(SIQA_MEMBERS[0]).decode("utf-8"))
+        text = archive.read(SIQA_MEMBERS[0]).decode("utf-8")
         labels = archive.read(SIQA_MEMBERS[1]).decode("utf-8").split()
+    rows = read_jsonl_text(path / SIQA_MEMBERS[0], text, ("context", "question", "answerA", "answerB", "answerC"))
     records = []
-    for i, (row, label) in enumerate(_labelled(rows, labels, path / SIQA_MEMBERS[1], ("1", "2", "3"))):
-        try:
-            question = f"{row['context']} {row['question']}"
-            answers = [row["answerA"], row["answerB"], row["answerC"]]
-        except KeyError as error:
-            raise ValueError(f"{path / SIQA_MEMBERS[0]}: record {i}: field {error.args[0]!r} missing") from error
+    for row, label in _labelled(rows, labels, path / SIQA_MEMBERS[1], ("1", "2", "3")):
+        question = f"{row['context']} {row['question']}"
+        answers = [row["answerA"], row["answerB"], row["answerC"]]
         records.append(label_record(choice_instruction("siqa", question, answers), f"answer{label}"))
     stats.read = len(rows)
     return records, stats
@@ -148,16 +149,13 @@ def _winogrande(extra: Path, options: CommonsenseOptions) -> tuple[list[Record],
     path = extra / "winogrande" / f"train_{size}.jsonl"
     label_path = path.with_name(f"train_{size}-labels.lst")
     stats = source_stats("winogrande", [path, label_path], f"size {size} (nested official splits, not concatenated)")
-    rows = read_jsonl(path)
+    rows = read_records(path, ("sentence", "option1", "option2"))
     labels = label_path.read_text(encoding="utf-8").split()
     records = []
     for i, (row, label) in enumerate(_labelled(rows, labels, label_path, ("1", "2"))):
         if "answer" in row and str(row["answer"]) != label:
-            raise ValueError(f"{path}: record {i}: field 'answer' is {row['answer']!r} but the label file says {label}")
-        try:
-            instruction = choice_instruction("winogrande", row["sentence"], [row["option1"], row["option2"]])
-        except KeyError as error:
-            raise ValueError(f"{path}: record {i}: field {error.args[0]!r} missing") from error
+            raise ValueError(f"{path}, record {i}, field 'answer': {row['answer']!r} but the label file says {label}")
+        instruction = choice_instruction("winogrande", row["sentence"], [row["option1"], row["option2"]])
         records.append(label_record(instruction, f"option{label}"))
     stats.read = len(rows)
     return records, stats
@@ -166,14 +164,14 @@ def _winogrande(extra: Path, options: CommonsenseOptions) -> tuple[list[Record],
 def _hellaswag(extra: Path, options: CommonsenseOptions) -> tuple[list[Record], SourceStats]:
     path = extra / "hellaswag" / "hellaswag_train.jsonl"
     stats = source_stats("hellaswag", [path], "a prefix of the official train file (ActivityNet only)")
-    rows = read_jsonl(path)
+    rows = read_records(path, ("activity_label", "ctx"))
     records = []
     for i, row in enumerate(rows):
         endings, label = row.get("endings"), row.get("label")
         if not isinstance(endings, list) or len(endings) != 4:
-            raise ValueError(f"{path}: record {i}: field 'endings' is not a list of 4 endings")
+            raise ValueError(f"{path}, record {i}, field 'endings': not a list of 4 endings")
         if str(label) not in ("0", "1", "2", "3"):
-            raise ValueError(f"{path}: record {i}: field 'label' is {label!r}; accepted: 0, 1, 2, 3")
+            raise ValueError(f"{path}, record {i}, field 'label': {label!r} is not one of 0, 1, 2, 3")
         question = f"{row['activity_label']}: {row['ctx']}"
         records.append(label_record(choice_instruction("hellaswag", question, endings), f"ending{int(label) + 1}"))
     stats.read = len(rows)
@@ -238,10 +236,11 @@ def build_commonsense(
         FileExistsError: an output exists and `overwrite` is false.
 
     Example:
-        >>> result = build_commonsense(CommonsenseOptions(tasks=("boolq", "siqa"), max_per_task=100))  # doctest: +SKIP
+        >>> options = CommonsenseOptions(tasks=("boolq", "siqa"), max_per_task=100)
+        >>> result = build_commonsense(options)  # doctest: +SKIP
     """
     options = options or CommonsenseOptions()
-    data_dir = resolve_data_dir(options.data_dir)
+    data_dir = resolve_layout_dir(options.data_dir)
     folders = {"data": data_dir, "extra": resolve_extra_dir(options.extra_dir, data_dir)}
     loaders = [functools.partial(_load, task, folders[SOURCES[task][0]], options) for task in options.tasks]
     return mix("commonsense", options, "commonsense", data_dir, loaders, options.max_per_task, out, overwrite)

@@ -30,12 +30,11 @@ from llm_adapters.data.build import (
     SourceStats,
     make_record,
     mix,
-    read_jsonl,
-    read_records,
-    resolve_data_dir,
     resolve_extra_dir,
+    resolve_layout_dir,
     source_stats,
 )
+from llm_adapters.data.io import read_records
 
 MATH_SOURCES: tuple[str, ...] = ("gsm8k", "mawps", "aqua")
 _OPS: dict[type, Callable[[float, float], float]] = {
@@ -132,18 +131,19 @@ def aqua_instruction(question: str, options: list[str]) -> str:
 
 
 def _where(path: Path, index: int, name: str) -> str:
-    return f"{path}: record {index}: field {name!r}"
+    """How a bad record is named, as `io.read_records` names it."""
+    return f"{path}, record {index}, field {name!r}"
 
 
 def _gsm8k(data_dir: Path, extra: Path) -> tuple[list[Record], SourceStats]:
     path = extra / "gsm8k" / "train.jsonl"
     stats = source_stats("gsm8k", [path], "human rationales, calculator annotations removed")
-    rows = read_jsonl(path)
+    rows = read_records(path, ("question", "answer"))
     records = []
     for i, row in enumerate(rows):
         try:
             records.append(gsm8k_record(row["question"], row["answer"]))
-        except (KeyError, ValueError) as error:
+        except ValueError as error:
             raise ValueError(f"{_where(path, i, 'answer')}: {error}") from error
     stats.read = len(rows)
     return records, stats
@@ -172,7 +172,7 @@ def _mawps(data_dir: Path, extra: Path) -> tuple[list[Record], SourceStats]:
 def _aqua(data_dir: Path, extra: Path) -> tuple[list[Record], SourceStats]:
     path = extra / "aqua" / "dev.json"
     stats = source_stats("aqua", [path], "AQuA-RAT dev with its human rationales")
-    rows = read_jsonl(path)
+    rows = read_records(path, ("question",))
     records = []
     for i, row in enumerate(rows):
         if row.get("correct") not in ("A", "B", "C", "D", "E"):
@@ -211,7 +211,9 @@ class MathOptions(MixOptions):
         self.check(problems, self.max_per_source, f"math sources: {', '.join(LOADERS)}")
 
 
-def build_math(options: MathOptions | None = None, out: str | Path | None = None, overwrite: bool = False) -> BuildResult:
+def build_math(
+    options: MathOptions | None = None, out: str | Path | None = None, overwrite: bool = False
+) -> BuildResult:
     """Build the math mixture (GSM8K train, MAWPS train, AQuA dev) in the Math10K format.
 
     Args:
@@ -228,7 +230,7 @@ def build_math(options: MathOptions | None = None, out: str | Path | None = None
         >>> result = build_math(MathOptions(sources=("gsm8k",), max_per_source=500), "math.json")  # doctest: +SKIP
     """
     options = options or MathOptions()
-    data_dir = resolve_data_dir(options.data_dir)
+    data_dir = resolve_layout_dir(options.data_dir)
     extra = resolve_extra_dir(options.extra_dir, data_dir)
     loaders = [functools.partial(LOADERS[name], data_dir, extra) for name in options.sources]
     return mix("math", options, "math", data_dir, loaders, options.max_per_source, out, overwrite)

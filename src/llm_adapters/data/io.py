@@ -148,6 +148,22 @@ def read_records(path: str | Path, required_fields: Iterable[str] = ("instructio
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
     records = _read_dataset_folder(path) if path.is_dir() else _parse_json_file(path)
+    return _check_records(path, records, required_fields)
+
+
+def read_jsonl_text(
+    path: str | Path, text: str, required_fields: Iterable[str] = ("instruction", "answer")
+) -> list[dict[str, Any]]:
+    """`read_records` for JSON lines already in memory (a member of a zip archive); `path` names them in errors.
+
+    Raises:
+        ValueError: a malformed line, or a bad record, as `read_records` says them.
+    """
+    path = Path(path)
+    return _check_records(path, _parse_jsonl(path, text), required_fields)
+
+
+def _check_records(path: Path, records: list[Any], required_fields: Iterable[str]) -> list[dict[str, Any]]:
     required = tuple(required_fields)
     for index, record in enumerate(records):
         if not isinstance(record, dict):

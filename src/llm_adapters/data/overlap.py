@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+from llm_adapters.data.io import read_records
 from llm_adapters.data.tasks import Task, resolve_tasks
 
 Mode = Literal["ws", "alnum"]
@@ -51,10 +52,8 @@ def test_index(task: Task, data_dir: Path, mode: Mode) -> dict[str, list[int]]:
 
     Raises:
         FileNotFoundError: the task's test file is missing.
-        ValueError: a test record without a string `instruction` (the message names file and index).
+        ValueError: a test record without a non-empty string `instruction` (named by file, index and field).
     """
-    from llm_adapters.data.build import read_records
-
     path = test_file(task, data_dir)
     index: dict[str, list[int]] = {}
     for i, record in enumerate(read_records(path, ("instruction",))):
@@ -126,7 +125,8 @@ def match_tasks(
         examples = [
             {"train_index": i, "test_index": index[keys[i]][0], "text": questions[i]} for i in matched[:_N_EXAMPLES]
         ]
-        results.append(TaskOverlap(task.name, sum(len(v) for v in index.values()), len(matched), len(covered), examples))
+        n_test = sum(len(v) for v in index.values())
+        results.append(TaskOverlap(task.name, n_test, len(matched), len(covered), examples))
         for i in matched:
             hits.setdefault(i, []).append(task.name)
     return results, hits, missing
@@ -143,25 +143,25 @@ def check_overlap(
     Args:
         train_path: instruction data (JSON list or JSONL of records with an `instruction` field).
         tasks: task names or groups, e.g. "gsm8k,addsub" or "math".
-        data_dir: folder in the LLM-Adapters layout (`dataset/<name>/test.json`); default from
-            $LLM_ADAPTERS_SHARED_DATA.
+        data_dir: folder in the LLM-Adapters layout (`dataset/<name>/test.json`) or its parent; default
+            $LLM_ADAPTERS_DATA, else the cache (see `build.resolve_layout_dir`).
         mode: "ws" or "alnum" (see the module docstring).
 
     Raises:
         FileNotFoundError: the training file, the data directory, or every requested test file is missing.
-        ValueError: an unknown task or mode, or a training record without a string `instruction`.
+        ValueError: an unknown task or mode, or a training record without a non-empty string `instruction`.
 
     Example:
         >>> report = check_overlap("math_data.json", "math")  # doctest: +SKIP
         >>> print(report.format())  # doctest: +SKIP
     """
-    from llm_adapters.data.build import read_records, resolve_data_dir
+    from llm_adapters.data.build import resolve_layout_dir  # build imports this module
 
     if mode not in MODES:
         raise ValueError(f"unknown overlap mode {mode!r}; accepted: {', '.join(MODES)}")
     resolved = resolve_tasks(tasks)
-    root = resolve_data_dir(data_dir)
-    questions = [r["instruction"] for r in read_records(Path(train_path), ("instruction",))]
+    root = resolve_layout_dir(data_dir)
+    questions = [r["instruction"] for r in read_records(train_path, ("instruction",))]
     results, _, missing = match_tasks(questions, resolved, root, mode)
     if not results:
         raise FileNotFoundError(f"no test file found under {root / 'dataset'} for {', '.join(missing)}")
