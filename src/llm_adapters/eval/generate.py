@@ -1,0 +1,212 @@
+"""The generation engine: batches sorted by length, left padding with an attention mask, KV cache, stop rules.
+
+Why each piece:
+- Left padding: a decoder-only model continues from the last position, so every row's prompt must end in the
+  same column; the pads go in front. The attention mask tells the model to ignore them (the original passed
+  none, so its outputs changed with the batch size, issues #61/#64), and `generate` derives mask-aware
+  positions from it.
+- Sorting by prompt length: rows of similar length waste little compute on pads.
+- Stop rules (`fast` protocol): a row stops at EOS, or as soon as its answer can no longer change
+  (`extract.answer_complete`); finished rows only receive pad tokens, and the batch ends when all rows are done.
+- `original` protocol: the original's decoding (4-beam search, 256/32 new tokens, no stop rule), with the
+  attention mask and eval mode that the original lacked. `use_cache=False` (the original math script's
+  setting) changes only the speed, so the KV cache stays on unless asked otherwise.
+
+`continuation_logliks` scores fixed continuations instead (lm-eval's loglikelihood), for `--scoring loglik`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from llm_adapters.data.tasks import Task
+from llm_adapters.eval.extract import answer_complete
+
+Protocol = Literal["fast", "original"]
+PROTOCOLS: tuple[str, ...] = ("fast", "original")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How to decode.
+
+    Args:
+        protocol: "fast" (greedy, stop rules) or "original" (4-beam search, no stop rule).
+        batch_size: prompts per `generate` call.
+        max_new_tokens: generation budget; None takes the task's (256 math, 32 commonsense).
+        num_beams: 1 is greedy.
+        use_cache: keep the KV cache (False reproduces the original math script's cost, not its results).
+        stop_rules: stop a row once its answer is complete (greedy only).
+    """
+
+    protocol: Protocol = "fast"
+    batch_size: int = 16
+    max_new_tokens: int | None = None
+    num_beams: int = 1
+    use_cache: bool = True
+    stop_rules: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.protocol not in PROTOCOLS:
+            problems.append(f"protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_beams < 1:
+            problems.append(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.stop_rules and self.num_beams > 1:
+            problems.append("stop rules need greedy decoding (num_beams=1)")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def for_protocol(cls, protocol: Protocol, batch_size: int | None = None,
+                     max_new_tokens: int | None = None) -> "DecodeConfig":
+        """The protocol's settings; `batch_size` defaults to 16 (fast) or 1 (original, as its authors ran it)."""
+        if protocol == "original":
+            return cls("original", batch_size or 1, max_new_tokens, num_beams=4, stop_rules=False)
+        return cls(protocol, batch_size or 16, max_new_tokens)
+
+    def settings(self, task: Task) -> dict[str, Any]:
+        """The settings used for `task`, as written into summary.json."""
+        return {"protocol": self.protocol, "batch_size": self.batch_size, "num_beams": self.num_beams,
+                "do_sample": False, "max_new_tokens": self.max_new_tokens or task.max_new_tokens,
+                "use_cache": self.use_cache, "stop_rules": self.stop_rules, "attention_mask": True}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One response: its text (new tokens only, special tokens removed) and how many tokens it took."""
+
+    text: str
+    n_tokens: int
+
+
+class AnswerStop(StoppingCriteria):
+    """Per-row stop rule: True for a row once the text generated after the prompt completes its answer.
+
+    Args:
+        tokenizer: decodes the new tokens.
+        task: whose answer type decides completeness.
+        prompt_width: the padded prompt length; tokens from there on are new.
+    """
+
+    def __init__(self, tokenizer: Any, task: Task, prompt_width: int) -> None:
+        self.tokenizer, self.task, self.prompt_width = tokenizer, task, prompt_width
+        self.done: torch.Tensor | None = None
+        self.stopped_at: dict[int, int] = {}  # row -> number of new tokens when its answer completed
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        if self.done is None:
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        new = input_ids[:, self.prompt_width:]
+        rows = (~self.done).nonzero().flatten().tolist()
+        texts = self.tokenizer.batch_decode(new[rows], skip_special_tokens=True)
+        for row, text in zip(rows, texts):
+            if answer_complete(self.task, text):
+                self.done[row] = True
+                self.stopped_at[row] = new.shape[1]
+        return self.done.clone()
+
+
+def _end_of_text_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = ids if isinstance(ids, list) else [ids]
+    return {i for i in ids + [tokenizer.eos_token_id] if i is not None}
+
+
+def prompt_lengths(tokenizer: Any, prompts: list[str], add_special_tokens: bool = True) -> list[int]:
+    """Token count of each prompt."""
+    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
+
+
+def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (a memory problem shows at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def generate_batch(model: Any, tokenizer: Any, prompts: list[str], task: Task, config: DecodeConfig,
+                   add_special_tokens: bool = True) -> list[Generation]:
+    """Generate the responses to one batch of prompts.
+
+    Args:
+        model: a causal LM or a PeftModel, in eval mode (set here too: dropout off).
+        tokenizer: pads on the left and has a pad token (`models.prepare_tokenizer`).
+        prompts: the full prompts.
+        task: gives the generation budget and the stop rule.
+        config: decoding settings.
+        add_special_tokens: False for chat-template prompts, which carry their own.
+
+    Raises:
+        ValueError: a tokenizer that pads on the right or has no pad token.
+    """
+    if tokenizer.padding_side != "left" or tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer must pad on the left and have a pad token (models.prepare_tokenizer)")
+    model.eval()
+    device = next(model.parameters()).device
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(device)
+    width = batch["input_ids"].shape[1]  # (batch, width): pads on the left, masked out
+    stop = AnswerStop(tokenizer, task, width) if config.stop_rules else None
+    output = model.generate(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        max_new_tokens=config.max_new_tokens or task.max_new_tokens, do_sample=False,
+        num_beams=config.num_beams, use_cache=config.use_cache, pad_token_id=tokenizer.pad_token_id,
+        temperature=None, top_p=None, top_k=None,  # unset the model's sampling defaults: decoding is deterministic
+        stopping_criteria=StoppingCriteriaList([stop]) if stop else None,
+    )
+    new_tokens = output[:, width:]  # (batch, steps)
+    ends = _end_of_text_ids(model, tokenizer)
+    results = []
+    for row, tokens in enumerate(new_tokens.tolist()):
+        # A row ends at its stop point or its first end-of-text token; what follows is pad filler.
+        length = stop.stopped_at.get(row, len(tokens)) if stop else len(tokens)
+        first_end = next((i + 1 for i, token in enumerate(tokens[:length]) if token in ends), length)
+        length = min(length, first_end)
+        results.append(Generation(tokenizer.decode(tokens[:length], skip_special_tokens=True), length))
+    return results
+
+
+@torch.no_grad()
+def continuation_logliks(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], *, batch_size: int = 8,
+                         add_special_tokens: bool = True) -> list[float]:
+    """Sum of log-probabilities of each continuation given its context (lm-eval's loglikelihood).
+
+    The context is tokenized alone and the whole text (context + continuation) in one piece; the continuation
+    is the whole text's tokens after the context's, as in lm-eval and as the text is tokenized in training.
+    Rows are padded on the right, so positions need no correction; virtual tokens a prompt-learning adapter
+    prepends to the logits are dropped by keeping the last `width` positions.
+
+    Args:
+        pairs: (context, continuation) strings.
+        batch_size: sequences per forward pass.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = []
+    for context, continuation in pairs:
+        whole = tokenizer(context + continuation, add_special_tokens=add_special_tokens)["input_ids"]
+        n_context = len(tokenizer(context, add_special_tokens=add_special_tokens)["input_ids"])
+        encoded.append((whole, max(1, min(n_context, len(whole) - 1))))
+    scores: list[float] = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(chunk):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            mask[row, :len(ids)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits[:, -width:]
+        for row, (ids, n_context) in enumerate(chunk):
+            # logits at position t - 1 predict the token at t: (n_continuation, vocab) -> gathered targets
+            log_probs = torch.log_softmax(logits[row, n_context - 1:len(ids) - 1].float(), dim=-1)
+            targets = torch.tensor(ids[n_context:], device=log_probs.device)
+            scores.append(log_probs.gather(1, targets[:, None]).sum().item())
+    return scores
