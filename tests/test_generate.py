@@ -2,7 +2,7 @@
 the original protocol, eval mode, and log-likelihood scoring against an independent computation."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -29,13 +29,7 @@ SCRIPT = [(f"Q{i}: {i}+{i + 3}?\nA:", f" {i} plus {i + 3}. The answer is {2 * i 
 SCRIPT += [(f"B{i}: yes or no {i}?\nA:", f" So {'true' if i % 2 else 'false'} then true false") for i in range(4)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and do not fight other work on a 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -181,6 +181,39 @@ def _run_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="accuracy on the reasoning benchmarks, with or without an adapter (resumable)",
+        description="Example: llm-adapters evaluate --base-model smollm2-135m --adapter runs/demo --tasks math "
+                    "--limit 50. Re-run the same command after an interruption: it continues where it stopped.")
+    parser.add_argument("--base-model", required=True, help="built-in name (smollm2-135m, tiny-llama...) or path")
+    parser.add_argument("--adapter", help="a saved adapter folder (PEFT format); none: the base model alone")
+    parser.add_argument("--tasks", default="all", help="tasks or groups: gsm8k,boolq / math / commonsense / all")
+    parser.add_argument("--data-dir", help="(default: $LLM_ADAPTERS_DATA, else ~/.cache/llm-adapters/data)")
+    parser.add_argument("--output-dir", help="(default: runs/eval/<model>[-<adapter>])")
+    parser.add_argument("--limit", type=int, help="evaluate the first N examples of each task")
+    parser.add_argument("--batch-size", type=int, help="prompts per batch (default: 16 fast, 1 original)")
+    parser.add_argument("--template", default="original", choices=("original", "alpaca", "chat"),
+                        help="prompt template (default: the original evaluation template, byte for byte)")
+    parser.add_argument("--protocol", default="fast", choices=("fast", "original"),
+                        help="fast: greedy + stop rules; original: the original's 4-beam search, no stop rule")
+    parser.add_argument("--scoring", default="generate", choices=("generate", "loglik", "both"),
+                        help="loglik: pick the most likely label (commonsense tasks), reported separately")
+    parser.add_argument("--rules", default="default", choices=("default", "original"),
+                        help="answer extraction: fixed rules, or the original's exactly")
+    parser.add_argument("--max-new-tokens", type=int, help="(default: the task's, 256 math / 32 commonsense)")
+    parser.add_argument("--skip-missing", action="store_true", help="evaluate the tasks whose data is present")
+    parser.add_argument("--overwrite", action="store_true", help="discard another run's results in --output-dir")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from llm_adapters.eval.evaluate import run_evaluate
+
+    return run_evaluate(args)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-adapters",
@@ -188,6 +221,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # COMMANDS (each adds its parser here and sets `func`)
+    _add_evaluate_command(subparsers)
     _add_params_command(subparsers)
     _add_data_commands(subparsers)
     return parser

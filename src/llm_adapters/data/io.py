@@ -222,7 +222,9 @@ def load_task_data(task: Task, data_dir: str | Path | None = None) -> TaskData:
 def download_hint(tasks: list[Task], data_dir: str | Path | None) -> str:
     """The command that downloads `tasks` into `data_dir`."""
     where = f" --data-dir {data_dir}" if data_dir else ""
-    return f"download with: llm-adapters data download {' '.join(t.name for t in tasks)}{where}"
+    unverified = any(known_checksums()[t.relpath]["sha256"] is None for t in tasks)
+    flag = " --allow-unverified" if unverified else ""
+    return f"download with: llm-adapters data download {' '.join(t.name for t in tasks)}{where}{flag}"
 
 
 # ---------------------------------------------------------------------------------------------- download

@@ -1,1 +1,17 @@
-"""Evaluation: generation engine, answer extraction, scoring."""
+"""Evaluation: generation engine, answer extraction, scoring, the `evaluate` command.
+
+Example:
+    >>> from llm_adapters.eval import extract_answer
+    >>> extract_answer("gsm8k", "3 + 4 = 7. The answer is 7.")
+    7.0
+"""
+from __future__ import annotations
+
+from .evaluate import evaluate_prepared, evaluate_tasks, prepare_tasks, run_evaluate
+from .extract import RULES, answer_complete, extract_answer, is_correct
+from .generate import DecodeConfig, continuation_logliks, generate_batch
+from .score import PredictionLog, wilson_interval
+
+__all__ = ["RULES", "DecodeConfig", "PredictionLog", "answer_complete", "continuation_logliks",
+           "evaluate_prepared", "evaluate_tasks", "extract_answer", "generate_batch", "is_correct",
+           "prepare_tasks", "run_evaluate", "wilson_interval"]

@@ -1,0 +1,236 @@
+"""The evaluate command: outputs, resume after a kill, missing and bad data, adapters, scoring modes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from llm_adapters.cli import main
+from llm_adapters.data.tasks import TASKS
+from llm_adapters.eval import PredictionLog, evaluate_tasks, wilson_interval
+from llm_adapters.eval.extract import extract_answer
+from llm_adapters.models import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets" / "llm-adapters"
+FAST = dict(max_new_tokens=6, progress=False)
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[Any, Any]:
+    return load_model("tiny-llama")
+
+
+def _records(folder: Path) -> list[dict[str, Any]]:
+    """Predictions without their timings, which differ between runs."""
+    lines = (folder / "predictions.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
+def test_wilson_interval_matches_hand_computed_values() -> None:
+    # 8/10: p = .8, z² = 3.8415; centre = (.8 + .19207) / 1.38415 = .71674;
+    # half = 1.95996 / 1.38415 * sqrt(.016 + .0096037) = .22658  ->  (.4902, .9433)
+    assert wilson_interval(8, 10) == pytest.approx((0.49016, 0.94332), abs=1e-4)
+    # 0/6: centre = half = (3.8415 / 12) / 1.64025 = .19517  ->  (0, .3903)
+    assert wilson_interval(0, 6) == pytest.approx((0.0, 0.39033), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_prediction_log_drops_a_torn_last_line_and_truncates_it(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "p.jsonl")
+    log.append([{"index": 0, "x": 1}, {"index": 2, "x": 3}])
+    with open(log.path, "a") as handle:
+        handle.write('{"index": 1, "x"')
+    assert sorted(log.load()) == [0, 2]
+    assert log.path.read_text().endswith('"x": 3}\n')
+    log.append([{"index": 1, "x": 2}])
+    assert sorted(log.load()) == [0, 1, 2]
+
+
+def test_prediction_log_damaged_middle_line_raises(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"index": 0}\n{"ind\n{"index": 2}\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl: line 2 is damaged"):
+        PredictionLog(path).load()
+
+
+def test_evaluate_tasks_writes_predictions_summary_and_table(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    result = evaluate_tasks(model, tokenizer, "boolq,aqua", SHARED, tmp_path, limit=5, model_name="tiny-llama",
+                            **FAST)
+    for name in ("boolq", "aqua"):
+        records = _records(tmp_path / name)
+        assert [r["index"] for r in records] == list(range(5))
+        assert set(records[0]) >= {"index", "prompt", "generation", "prediction", "gold", "correct", "n_tokens"}
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary == result["tasks"][name]
+        assert summary["n"] == 5 and summary["model"] == "tiny-llama" and summary["adapter"] is None
+        assert summary["data"]["sha256"] and summary["versions"]["transformers"]
+        assert summary["decoding"]["max_new_tokens"] == 6 and summary["tokens_generated"] > 0
+        assert summary["ci95"] == list(wilson_interval(summary["correct"], 5))
+    assert (tmp_path / "results.md").read_text() == result["table"]
+    assert result["table"].count("\n| boolq | 5 |") == 1
+
+
+def test_evaluate_tasks_batch_size_does_not_change_predictions(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    evaluate_tasks(model, tokenizer, "gsm8k,piqa", SHARED, tmp_path / "b1", limit=6, batch_size=1, **FAST)
+    evaluate_tasks(model, tokenizer, "gsm8k,piqa", SHARED, tmp_path / "b4", limit=6, batch_size=4, **FAST)
+    for name in ("gsm8k", "piqa"):
+        assert _records(tmp_path / "b1" / name) == _records(tmp_path / "b4" / name)
+
+
+def test_evaluate_tasks_resumes_after_a_torn_write(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    evaluate_tasks(model, tokenizer, "boolq", SHARED, tmp_path / "whole", limit=8, batch_size=3, **FAST)
+    evaluate_tasks(model, tokenizer, "boolq", SHARED, tmp_path / "cut", limit=8, batch_size=3, **FAST)
+    predictions = tmp_path / "cut" / "boolq" / "predictions.jsonl"
+    text = predictions.read_text()
+    predictions.write_text(text[: len(text) // 2])  # a kill in the middle of a line
+    (tmp_path / "cut" / "boolq" / "summary.json").unlink()
+    result = evaluate_tasks(model, tokenizer, "boolq", SHARED, tmp_path / "cut", limit=8, batch_size=3, **FAST)
+    assert _records(tmp_path / "cut" / "boolq") == _records(tmp_path / "whole" / "boolq")
+    assert result["tasks"]["boolq"]["n"] == 8
+
+
+def test_evaluate_command_resumes_after_kill_9(tmp_path: Path) -> None:
+    """Kill a real `llm-adapters evaluate` process once it has written a batch, then run it again."""
+    args = ["evaluate", "--base-model", "tiny-llama", "--tasks", "gsm8k", "--limit", "24", "--batch-size", "2",
+            "--max-new-tokens", "48", "--data-dir", str(SHARED), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "llm_adapters.cli", *args, "--output-dir", str(tmp_path / "k")],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    predictions = tmp_path / "k" / "gsm8k" / "predictions.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (predictions.exists() and predictions.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    written = predictions.read_text().count("\n")
+    assert 2 <= written < 24, "the process should have been killed mid-task"
+    assert main([*args, "--output-dir", str(tmp_path / "k")]) == 0
+    assert main([*args, "--output-dir", str(tmp_path / "whole")]) == 0
+    assert _records(tmp_path / "k" / "gsm8k") == _records(tmp_path / "whole" / "gsm8k")
+    resumed, whole = (json.loads((tmp_path / d / "gsm8k" / "summary.json").read_text()) for d in ("k", "whole"))
+    assert (resumed["accuracy"], resumed["n"], resumed["tokens_generated"]) == (
+        whole["accuracy"], whole["n"], whole["tokens_generated"])
+
+
+def test_evaluate_tasks_missing_file_stops_before_any_work(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    with pytest.raises(FileNotFoundError, match=r"missing data for hellaswag \(.*hellaswag/test\.json\); download "
+                                                r"with: llm-adapters data download hellaswag .*--skip-missing"):
+        evaluate_tasks(model, tokenizer, "boolq,hellaswag", SHARED, tmp_path / "o", **FAST)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(FileNotFoundError, match="missing data for hellaswag"):
+        evaluate_tasks(model, tokenizer, "hellaswag", SHARED, tmp_path / "o", skip_missing=True, **FAST)
+
+
+def test_evaluate_tasks_skip_missing_lists_skipped_tasks(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    result = evaluate_tasks(model, tokenizer, "hellaswag,obqa", SHARED, tmp_path, skip_missing=True, limit=2,
+                            **FAST)
+    assert list(result["tasks"]) == ["obqa"] and list(result["skipped"]) == ["hellaswag"]
+    assert "| hellaswag | – | skipped: missing" in result["table"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[{"instruction": "q", "answer": "true"}', r"boolq/test\.json: malformed JSON at line 1"),
+    ('[{"instruction": "q", "answer": "true"}, {"instruction": "q"}]', r"record 1, field 'answer': missing"),
+    ('[{"instruction": "q", "answer": "yes"}]', r"record 0, field 'answer': 'yes' is not one of true, false"),
+])
+def test_evaluate_tasks_bad_data_names_file_record_and_field(tiny: tuple[Any, Any], tmp_path: Path,
+                                                             content: str, message: str) -> None:
+    model, tokenizer = tiny
+    path = tmp_path / "data" / TASKS["boolq"].relpath
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        evaluate_tasks(model, tokenizer, "boolq", tmp_path / "data", tmp_path / "o", **FAST)
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_tasks_other_run_in_output_dir_needs_overwrite(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    evaluate_tasks(model, tokenizer, "obqa", SHARED, tmp_path, limit=2, **FAST)
+    with pytest.raises(ValueError, match=r"holds results of another run \(template: 'original' -> 'alpaca'\)"):
+        evaluate_tasks(model, tokenizer, "obqa", SHARED, tmp_path, limit=2, template="alpaca", **FAST)
+    result = evaluate_tasks(model, tokenizer, "obqa", SHARED, tmp_path, limit=2, template="alpaca", overwrite=True,
+                            **FAST)
+    assert result["tasks"]["obqa"]["template"] == "alpaca"
+
+
+def test_evaluate_tasks_chat_template_missing_fails_before_work(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
+        evaluate_tasks(model, tokenizer, "obqa", SHARED, tmp_path / "o", template="chat", **FAST)
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_tasks_loglik_scoring_reported_separately(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    both = evaluate_tasks(model, tokenizer, "siqa", SHARED, tmp_path / "both", limit=4, scoring="both", **FAST)
+    summary = both["tasks"]["siqa"]
+    assert summary["metric"] == "generate" and set(summary["loglik"]) == {"accuracy", "correct", "n", "ci95"}
+    for record in _records(tmp_path / "both" / "siqa"):
+        scores = record["loglik_scores"]
+        assert record["loglik_prediction"] == max(scores, key=scores.get)
+        assert record["loglik_correct"] == (record["loglik_prediction"] == record["gold"])
+    with pytest.warns(UserWarning, match="math tasks are scored by generation"):
+        only = evaluate_tasks(model, tokenizer, "siqa,mawps", SHARED, tmp_path / "ll", limit=4, scoring="loglik",
+                              **FAST)
+    assert only["tasks"]["siqa"]["metric"] == "loglik" and only["tasks"]["mawps"]["metric"] == "generate"
+    assert only["tasks"]["siqa"]["accuracy"] == summary["loglik"]["accuracy"]
+
+
+def test_evaluate_tasks_original_rules_apply_to_predictions(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    result = evaluate_tasks(model, tokenizer, "aqua", SHARED, tmp_path, limit=4, rules="original", **FAST)
+    for record in _records(tmp_path / "aqua"):
+        assert record["prediction"] == extract_answer("aqua", record["generation"], rules="original")
+    assert result["tasks"]["aqua"]["accuracy"] == result["tasks"]["aqua"]["accuracy_by_rules"]["original"]
+
+
+def test_evaluate_command_with_a_lora_adapter_matches_in_memory_model(tmp_path: Path) -> None:
+    """An adapter saved by plain PEFT, with dropout (which must be off at test time), through the CLI."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = load_model("tiny-llama")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, init_lora_weights=False,
+                                                  target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    args = ["evaluate", "--base-model", "tiny-llama", "--adapter", str(tmp_path / "adapter"), "--tasks", "boolq",
+            "--limit", "4", "--max-new-tokens", "6", "--data-dir", str(SHARED), "--no-progress"]
+    assert main([*args, "--output-dir", str(tmp_path / "cli")]) == 0
+    evaluate_tasks(peft_model, tokenizer, "boolq", SHARED, tmp_path / "mem", limit=4, **FAST)
+    assert _records(tmp_path / "cli" / "boolq") == _records(tmp_path / "mem" / "boolq")
+    summary = json.loads((tmp_path / "cli" / "boolq" / "summary.json").read_text())
+    assert summary["adapter"] == str(tmp_path / "adapter")
+
+
+def test_evaluate_command_unknown_task_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--base-model", "tiny-llama", "--tasks", "gsm9k"]) == 2
+    assert "unknown task 'gsm9k'; accepted tasks: multiarith" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_embedded_model_math_and_commonsense(tmp_path: Path) -> None:
+    """SmolLM2 end to end on a few questions: answers are found, batching changes nothing."""
+    model, tokenizer = load_model("smollm2-135m")
+    for batch_size in (1, 4):
+        evaluate_tasks(model, tokenizer, "gsm8k,boolq", SHARED, tmp_path / str(batch_size), limit=4,
+                       batch_size=batch_size, max_new_tokens=64, progress=False)
+    for name in ("gsm8k", "boolq"):
+        assert _records(tmp_path / "1" / name) == _records(tmp_path / "4" / name)
