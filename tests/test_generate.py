@@ -12,6 +12,7 @@ from llm_adapters.data.templates import build_prompt
 from llm_adapters.eval.extract import extract_answer
 from llm_adapters.eval.generate import (
     AnswerStop,
+    _hf_generate,
     DecodeConfig,
     continuation_logliks,
     generate_batch,
@@ -54,7 +55,11 @@ def scripted() -> tuple[Any, Any]:
 
 
 def _one_by_one(model: Any, tokenizer: Any, prompts: list[str], task: str, config: DecodeConfig) -> list[Any]:
-    return [generate_batch(model, tokenizer, [prompt], TASKS[task], config)[0] for prompt in prompts]
+    """The reference: each prompt alone through transformers' own `generate` loop (with the stop rule as a
+    StoppingCriteria), not through our pruned greedy loop."""
+    model.eval()
+    return [_hf_generate(model, tokenizer, tokenizer([prompt], return_tensors="pt"), TASKS[task], config)[0]
+            for prompt in prompts]
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)

@@ -16,6 +16,7 @@ Why each piece:
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -131,10 +132,89 @@ def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def _forward_accepts(model: Any, name: str) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in inspect.signature(base.forward).parameters
+
+
+def _is_prompt_learning(model: Any) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def _finish(tokenizer: Any, tokens: list[int], length: int, ends: set[int]) -> Generation:
+    """Cut a row at `length` or just after its first end-of-text token, whichever comes first, and decode it."""
+    length = next((i + 1 for i, token in enumerate(tokens[:length]) if token in ends), length)
+    return Generation(tokenizer.decode(tokens[:length], skip_special_tokens=True), length)
+
+
+def _greedy_pruned(model: Any, tokenizer: Any, batch: Any, task: Task, config: DecodeConfig) -> list[Generation]:
+    """Greedy decoding with the KV cache, dropping each row from the batch as soon as it is finished.
+
+    `generate` keeps computing finished rows (feeding them pads) until the last row ends; with answers of
+    very different lengths most of a batch's compute then goes to rows that are already done. Here a finished
+    row leaves the input, the mask and the cache (`Cache.batch_select_indices`), so each step costs only what
+    the live rows need. Positions are counted from each row's first real token, as `generate` does.
+    """
+    ends = _end_of_text_ids(model, tokenizer)
+    budget = config.max_new_tokens or task.max_new_tokens
+    mask = batch["attention_mask"]  # (rows, width); 0 on the left pads
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (rows, width)
+    extra = {"position_ids": positions} if _forward_accepts(model, "position_ids") else {}
+    if _forward_accepts(model, "logits_to_keep"):
+        extra["logits_to_keep"] = 1  # only the last position's logits are needed
+    output = model(input_ids=batch["input_ids"], attention_mask=mask, use_cache=True, **extra)
+    cache, last_position = output.cache, positions[:, -1]
+    live = list(range(mask.shape[0]))  # batch row of each live row
+    tokens: list[list[int]] = [[] for _ in live]
+    for step in range(budget):
+        chosen = output.logits[:, -1].argmax(-1)  # (live,)
+        keep = []
+        for k, (row, token) in enumerate(zip(live, chosen.tolist())):
+            tokens[row].append(token)
+            if token not in ends and not (config.stop_rules and answer_complete(
+                    task, tokenizer.decode(tokens[row], skip_special_tokens=True))):
+                keep.append(k)
+        if not keep or step == budget - 1:
+            break
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=mask.device)
+            cache.batch_select_indices(index)
+            mask, chosen, last_position = mask[index], chosen[index], last_position[index]
+            live = [live[k] for k in keep]
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+        last_position = last_position + 1
+        extra = {"position_ids": last_position[:, None]} if "position_ids" in extra else {}
+        output = model(input_ids=chosen[:, None], attention_mask=mask, cache=cache, use_cache=True, **extra)
+    return [_finish(tokenizer, row_tokens, len(row_tokens), ends) for row_tokens in tokens]
+
+
+def _hf_generate(model: Any, tokenizer: Any, batch: Any, task: Task, config: DecodeConfig) -> list[Generation]:
+    """`model.generate`: beam search, no KV cache, and prompt-learning adapters (whose virtual tokens PEFT
+    inserts inside `generate`)."""
+    width = batch["input_ids"].shape[1]  # (batch, width): pads on the left, masked out
+    stop = AnswerStop(tokenizer, task, width) if config.stop_rules else None
+    output = model.generate(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        max_new_tokens=config.max_new_tokens or task.max_new_tokens, do_sample=False,
+        num_beams=config.num_beams, use_cache=config.use_cache, pad_token_id=tokenizer.pad_token_id,
+        temperature=None, top_p=None, top_k=None,  # unset the model's sampling defaults: decoding is deterministic
+        stopping_criteria=StoppingCriteriaList([stop]) if stop else None,
+    )
+    ends = _end_of_text_ids(model, tokenizer)
+    # A row ends at its stop point or its first end-of-text token; what follows is pad filler.
+    return [_finish(tokenizer, tokens, stop.stopped_at.get(row, len(tokens)) if stop else len(tokens), ends)
+            for row, tokens in enumerate(output[:, width:].tolist())]
+
+
 @torch.no_grad()
 def generate_batch(model: Any, tokenizer: Any, prompts: list[str], task: Task, config: DecodeConfig,
                    add_special_tokens: bool = True) -> list[Generation]:
     """Generate the responses to one batch of prompts.
+
+    Greedy decoding with the KV cache runs our own loop, which drops finished rows (`_greedy_pruned`); beam
+    search, decoding without the cache and prompt-learning adapters go through `model.generate`. Both give
+    the tokens that `model.generate` gives for each prompt alone (tested).
 
     Args:
         model: a causal LM or a PeftModel, in eval mode (set here too: dropout off).
@@ -152,25 +232,9 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str], task: Task, c
     model.eval()
     device = next(model.parameters()).device
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(device)
-    width = batch["input_ids"].shape[1]  # (batch, width): pads on the left, masked out
-    stop = AnswerStop(tokenizer, task, width) if config.stop_rules else None
-    output = model.generate(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-        max_new_tokens=config.max_new_tokens or task.max_new_tokens, do_sample=False,
-        num_beams=config.num_beams, use_cache=config.use_cache, pad_token_id=tokenizer.pad_token_id,
-        temperature=None, top_p=None, top_k=None,  # unset the model's sampling defaults: decoding is deterministic
-        stopping_criteria=StoppingCriteriaList([stop]) if stop else None,
-    )
-    new_tokens = output[:, width:]  # (batch, steps)
-    ends = _end_of_text_ids(model, tokenizer)
-    results = []
-    for row, tokens in enumerate(new_tokens.tolist()):
-        # A row ends at its stop point or its first end-of-text token; what follows is pad filler.
-        length = stop.stopped_at.get(row, len(tokens)) if stop else len(tokens)
-        first_end = next((i + 1 for i, token in enumerate(tokens[:length]) if token in ends), length)
-        length = min(length, first_end)
-        results.append(Generation(tokenizer.decode(tokens[:length], skip_special_tokens=True), length))
-    return results
+    if config.num_beams == 1 and config.use_cache and not _is_prompt_learning(model):
+        return _greedy_pruned(model, tokenizer, batch, task, config)
+    return _hf_generate(model, tokenizer, batch, task, config)
 
 
 @torch.no_grad()
