@@ -181,6 +181,25 @@ def _run_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_finetune_command(subparsers: argparse._SubParsersAction) -> None:
+    from llm_adapters.train_config import add_config_flags
+
+    parser = subparsers.add_parser(
+        "finetune", help="train an adapter on instruction data (resumes after a kill when rerun)",
+        description="YAML keys and flags are the same settings; flags override the YAML. Example: "
+                    "llm-adapters finetune --config configs/demo.yaml --output-dir runs/demo")
+    add_config_flags(parser)
+    parser.set_defaults(func=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from llm_adapters.train import finetune
+    from llm_adapters.train_config import config_from_args
+
+    finetune(config_from_args(args))
+    return 0
+
+
 def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="accuracy on the reasoning benchmarks, with or without an adapter (resumable)",
@@ -224,6 +243,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_evaluate_command(subparsers)
     _add_params_command(subparsers)
     _add_data_commands(subparsers)
+    _add_finetune_command(subparsers)
     return parser
 
 

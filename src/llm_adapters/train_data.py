@@ -1,0 +1,216 @@
+"""Training data: records -> token ids with masked labels -> micro-batches (length-grouped, packed or padded).
+
+Label masking. The prompt and the response are tokenised separately and their ids concatenated, so the boundary
+is exact (tokenising the full text can merge the prompt's last characters with the response's first, which
+shifts the boundary by a token; at generation time the model also sees the prompt tokenised alone). EOS follows
+the response. Labels are -100 on the prompt unless `train_on_inputs`.
+
+Truncation at `cutoff_len` keeps the first tokens. A truncated example has no EOS, as in the original: its
+response goes on past the cut, so teaching the model to stop there would be wrong. Truncated examples are
+counted; an example whose response is cut off entirely has nothing to learn and is dropped (and counted), so
+no micro-batch can be left without a label token (no NaN losses).
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+from llm_adapters.data.io import read_records, sha256_file
+from llm_adapters.data.templates import build_training_text
+
+IGNORE = -100  # label of a token that gets no loss (PyTorch's cross-entropy default ignore_index)
+# Architectures whose attention keeps packed examples apart when given restarting position_ids and no attention
+# mask (transformers' masking_utils detects the resets). BLOOM (ALiBi from the mask) and OPT do not; the packing
+# test checks this table against every tiny model.
+PACKING_MODEL_TYPES = ("llama", "mistral", "qwen2", "gptj", "gpt_neox", "gpt2")
+
+
+@dataclass
+class EncodeStats:
+    """What tokenisation did to the records: the numbers the manifest reports."""
+
+    records: int = 0
+    examples: int = 0  # kept for training
+    truncated: int = 0  # longer than cutoff_len: cut, no EOS, still trained on
+    dropped_response_cut: int = 0  # response entirely past cutoff_len: no label token left, not trained on
+    tokens: int = 0  # real (non-padding) tokens of the kept examples
+    label_tokens: int = 0  # tokens that carry loss
+    longest: int = 0
+    dropped_indices: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["dropped_indices"] = data["dropped_indices"][:20]  # the first few, to look them up
+        return data
+
+
+def read_training_records(path: str | Path) -> list[dict[str, Any]]:
+    """Instruction records ({instruction, input, output}; `input` optional, `answer` unused), validated.
+
+    Raises:
+        FileNotFoundError: no such file or folder.
+        ValueError: bad JSON, or a record without a string `instruction`/`output` (named by file, index, field).
+    """
+    records = read_records(path, required_fields=("instruction", "output"))
+    for index, record in enumerate(records):
+        if not isinstance(record["input"], str):
+            raise ValueError(f"{path}, record {index}, field 'input': expected a string, got "
+                             f"{type(record['input']).__name__}")
+    return records
+
+
+def sha256_path(path: str | Path) -> str:
+    """sha256 of a file; of a folder (a saved HF dataset), the sha256 of its files' names and sha256s, sorted."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    listing = "".join(f"{p.relative_to(path)}\0{sha256_file(p)}\n" for p in sorted(path.rglob("*")) if p.is_file())
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def split_records(records: Sequence[dict], val_set_size: int, seed: int, max_examples: int | None = None
+                  ) -> tuple[list[dict], list[dict]]:
+    """(train, validation): a seeded shuffle, the first `val_set_size` for validation, then at most `max_examples`.
+
+    Raises:
+        ValueError: the validation set would leave no training record.
+    """
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    if val_set_size >= len(records):
+        raise ValueError(f"val_set_size {val_set_size} leaves no training record (the data has {len(records)})")
+    val = [records[i] for i in order[:val_set_size]]
+    train = [records[i] for i in order[val_set_size:]]
+    return train[:max_examples] if max_examples else train, val
+
+
+def encode_example(record: dict, tokenizer: Any, *, template: str, cutoff_len: int, train_on_inputs: bool
+                   ) -> tuple[list[int], list[int], int, bool]:
+    """(input_ids, labels, prompt_len, truncated) for one record; labels are -100 on the prompt unless
+    train_on_inputs. The response (with EOS) starts at `prompt_len`; if that is >= cutoff_len, none of it is left."""
+    prompt, response = build_training_text(record["instruction"], record.get("input", ""), record["output"],
+                                           template=template, tokenizer=tokenizer)
+    # A chat template writes its own special tokens into the text; other templates let the tokenizer add BOS.
+    prompt_ids = tokenizer(prompt, add_special_tokens=template != "chat")["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    input_ids = prompt_ids + response_ids
+    labels = (list(prompt_ids) if train_on_inputs else [IGNORE] * len(prompt_ids)) + response_ids
+    truncated = len(input_ids) > cutoff_len
+    return input_ids[:cutoff_len], labels[:cutoff_len], len(prompt_ids), truncated
+
+
+def encode_records(records: Sequence[dict], tokenizer: Any, *, template: str, cutoff_len: int,
+                   train_on_inputs: bool) -> tuple[list[dict[str, list[int]]], EncodeStats]:
+    """Tokenise and mask every record; drop (and count) those whose response was cut off entirely."""
+    stats, examples = EncodeStats(records=len(records)), []
+    for index, record in enumerate(records):
+        input_ids, labels, prompt_len, truncated = encode_example(
+            record, tokenizer, template=template, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs)
+        stats.truncated += truncated
+        if prompt_len >= cutoff_len:
+            stats.dropped_response_cut += 1
+            stats.dropped_indices.append(index)
+            continue
+        examples.append({"input_ids": input_ids, "labels": labels})
+        stats.tokens += len(input_ids)
+        # Position 0 is never a target (nothing before it predicts it).
+        stats.label_tokens += sum(1 for label in labels[1:] if label != IGNORE)
+        stats.longest = max(stats.longest, len(input_ids))
+    stats.examples = len(examples)
+    return examples, stats
+
+
+def _shifted(labels: list[int]) -> list[int]:
+    """Targets per position: position i predicts token i+1; the last position of an example predicts nothing."""
+    return labels[1:] + [IGNORE]
+
+
+class PaddedCollator:
+    """Right-pads a micro-batch to its longest example: input_ids, attention_mask, labels, shift_labels.
+
+    Right padding keeps every example's positions at 0..n-1 without computing position ids.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        batch = {
+            "input_ids": torch.full((len(features), width), self.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(features), width), dtype=torch.long),
+            "labels": torch.full((len(features), width), IGNORE, dtype=torch.long),
+            "shift_labels": torch.full((len(features), width), IGNORE, dtype=torch.long),
+        }
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            batch["input_ids"][row, :n] = torch.tensor(f["input_ids"])
+            batch["attention_mask"][row, :n] = 1
+            batch["labels"][row, :n] = torch.tensor(f["labels"])
+            batch["shift_labels"][row, :n] = torch.tensor(_shifted(f["labels"]))
+        return batch
+
+
+class PackedCollator:
+    """Concatenates a micro-batch into one padding-free row of shape [1, sum of lengths].
+
+    position_ids restart at 0 for each example and there is no attention mask: transformers then builds a
+    block-diagonal causal mask, so attention stays inside each example (PACKING_MODEL_TYPES). shift_labels end
+    every example with -100, so no example is trained to predict the next one's first token.
+    """
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        def row(key_values: Iterator[list[int]]) -> torch.Tensor:
+            return torch.tensor([token for values in key_values for token in values], dtype=torch.long)[None]
+
+        return {
+            "input_ids": row(f["input_ids"] for f in features),
+            "position_ids": row(list(range(len(f["input_ids"]))) for f in features),
+            "labels": row([IGNORE] + f["labels"][1:] for f in features),
+            "shift_labels": row(_shifted(f["labels"]) for f in features),
+        }
+
+
+class SeededSampler(Sampler[int]):
+    """Deterministic training order: a permutation drawn from (seed, epoch), so a resumed run replays it exactly.
+
+    With `group_by_length`, chunks of `50 x micro_batch_size` shuffled examples are sorted by length and cut into
+    micro-batches, and the micro-batches are shuffled again: micro-batches hold similar lengths (little padding)
+    and come in random order. The longest micro-batch goes first, so a memory peak shows at step 1. A short
+    micro-batch (the remainder) goes last, so the DataLoader's consecutive groups of `micro_batch_size` are
+    exactly these micro-batches.
+    """
+
+    def __init__(self, lengths: Sequence[int], micro_batch_size: int, seed: int, group_by_length: bool):
+        self.lengths, self.micro, self.seed, self.group = list(lengths), micro_batch_size, seed, group_by_length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        if not self.group:
+            return iter(order)
+        chunk = 50 * self.micro
+        batches = []
+        for start in range(0, len(order), chunk):
+            group = sorted(order[start:start + chunk], key=lambda i: -self.lengths[i])
+            batches += [group[k:k + self.micro] for k in range(0, len(group), self.micro)]
+        full = [b for b in batches if len(b) == self.micro]
+        rest = [b for b in batches if len(b) < self.micro]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        if shuffled:
+            longest = max(range(len(shuffled)), key=lambda i: max(self.lengths[j] for j in shuffled[i]))
+            shuffled[0], shuffled[longest] = shuffled[longest], shuffled[0]
+        return iter([i for batch in shuffled + rest for i in batch])

@@ -1,0 +1,349 @@
+"""Fine-tuning on tiny models: label masking, EOS, batching equivalence, loss normalisation, output folder, resume."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llm_adapters.cli import make_parser
+from llm_adapters.data.templates import build_training_text
+from llm_adapters.methods.spec import PROMPT_LEARNING
+from llm_adapters.models import TINY_MODELS, byte_tokenizer, load_model
+from llm_adapters.train import finetune, token_loss_sum
+from llm_adapters.train_config import FIELDS, FinetuneConfig, config_from_args, load_config
+from llm_adapters.train_data import (IGNORE, PACKING_MODEL_TYPES, PackedCollator, PaddedCollator, SeededSampler,
+                                     encode_example, encode_records)
+from llm_adapters.train_output import latest_checkpoint
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+RECORDS = [
+    {"instruction": f"Add {a} and {b}.", "input": "", "output": f"\nA: {a} + {b} = {a + b}. The answer is {a + b}.",
+     "answer": str(a + b)}
+    for a, b in [(1, 2), (13, 4), (7, 25), (100, 1), (3, 3), (42, 8), (9, 90), (11, 12), (5, 60), (8, 8)]
+]
+ENCODE = dict(template="alpaca", cutoff_len=256, train_on_inputs=False)
+# Small and fast: dropout 0 keeps runs comparable; warm-up 0 so that a few steps move the weights.
+TINY_RUN = dict(base_model="tiny-llama", adapter={"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+                template="alpaca", batch_size=4, micro_batch_size=2, warmup_steps=0, learning_rate=1e-2,
+                max_steps=4, logging_steps=1, save_steps=2)
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(RECORDS), encoding="utf-8")
+    return path
+
+
+def _run(tmp_path, data_file, name="out", **overrides) -> FinetuneConfig:
+    return load_config(data=str(data_file), output_dir=str(tmp_path / name), **{**TINY_RUN, **overrides})
+
+
+# --- label masking and EOS ---------------------------------------------------------------------------------------
+
+def test_encode_example_masks_prompt_tokens_unless_train_on_inputs():
+    tokenizer, record = byte_tokenizer(), RECORDS[0]
+    prompt, response = build_training_text(record["instruction"], "", record["output"], template="alpaca")
+    ids, labels, prompt_len, truncated = encode_example(record, tokenizer, **ENCODE)
+    assert prompt_len == len(prompt.encode()) and not truncated
+    assert labels[:prompt_len] == [IGNORE] * prompt_len
+    assert labels[prompt_len:] == ids[prompt_len:]
+    assert tokenizer.decode(ids[prompt_len:-1]) == response
+    _, all_labels, _, _ = encode_example(record, tokenizer, **{**ENCODE, "train_on_inputs": True})
+    assert all_labels == ids
+
+
+def test_encode_example_appends_eos_when_room_and_drops_it_when_truncated():
+    tokenizer, record = byte_tokenizer(), RECORDS[0]
+    ids, labels, prompt_len, truncated = encode_example(record, tokenizer, **ENCODE)
+    assert ids[-1] == labels[-1] == tokenizer.eos_token_id and not truncated
+    cut = len(ids) - 3
+    short_ids, short_labels, _, truncated = encode_example(record, tokenizer, **{**ENCODE, "cutoff_len": cut})
+    assert truncated and len(short_ids) == cut and tokenizer.eos_token_id not in short_ids
+    assert short_ids == ids[:cut] and short_labels == labels[:cut]
+
+
+def test_encode_example_keeps_eos_label_when_pad_is_eos():
+    tokenizer = byte_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token  # as SmolLM2: pad == eos, so EOS must not be found by the pad id
+    ids, labels, _, _ = encode_example(RECORDS[1], tokenizer, **ENCODE)
+    assert labels[-1] == tokenizer.eos_token_id == tokenizer.pad_token_id
+    batch = PaddedCollator(tokenizer.pad_token_id)([{"input_ids": ids, "labels": labels},
+                                                    {"input_ids": ids[:5], "labels": labels[:5]}])
+    assert batch["labels"][0, -1] == tokenizer.eos_token_id  # the real EOS keeps its label
+    assert (batch["labels"][1, 5:] == IGNORE).all()  # padding gets none
+
+
+def test_encode_records_drops_and_counts_examples_whose_response_is_cut_off():
+    tokenizer = byte_tokenizer()
+    prompt_len = encode_example(RECORDS[0], tokenizer, **ENCODE)[2]
+    for train_on_inputs in (False, True):
+        examples, stats = encode_records(RECORDS[:1], tokenizer, template="alpaca", cutoff_len=prompt_len,
+                                         train_on_inputs=train_on_inputs)
+        assert examples == [] and stats.dropped_response_cut == 1 and stats.truncated == 1
+    examples, stats = encode_records(RECORDS[:1], tokenizer, template="alpaca", cutoff_len=prompt_len + 1,
+                                     train_on_inputs=False)
+    assert len(examples) == 1 and stats.label_tokens == 1 and stats.truncated == 1
+
+
+def test_finetune_with_every_response_cut_off_raises_instead_of_nan(tmp_path, data_file):
+    with pytest.raises(ValueError, match="raise cutoff_len"):
+        finetune(_run(tmp_path, data_file, cutoff_len=20))
+
+
+def test_finetune_bad_record_is_named_by_file_index_and_field(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    rows = [RECORDS[0], RECORDS[1], {"instruction": "no output here", "input": ""}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.jsonl, record 2, field 'output': missing"):
+        finetune(_run(tmp_path, path))
+    assert not (tmp_path / "out").exists()  # nothing written before the data is valid
+
+
+# --- batching: the same loss however the examples are batched --------------------------------------------------
+
+def _examples(tokenizer, n=6):
+    records = [dict(r, output=r["output"] * (1 + i % 3)) for i, r in enumerate(RECORDS[:n])]  # uneven lengths
+    return encode_records(records, tokenizer, **ENCODE)[0]
+
+
+def _reference_loss_sum(model, examples) -> torch.Tensor:
+    """One example at a time, no padding at all."""
+    return sum(token_loss_sum(model, {k: v for k, v in PaddedCollator(0)([e]).items()
+                                      if k not in ("labels", "shift_labels")},
+                              PaddedCollator(0)([e])["shift_labels"], sparse_logits=False) for e in examples)
+
+
+def _loss_sum(model, collator, examples, sparse_logits):
+    batch = collator(examples)
+    targets = batch.pop("shift_labels")
+    batch.pop("labels")
+    return token_loss_sum(model, batch, targets, sparse_logits=sparse_logits)
+
+
+@pytest.mark.parametrize("arch", TINY_MODELS)
+def test_padded_batch_with_sparse_logits_gives_the_unpadded_loss(arch):
+    model, tokenizer = load_model(arch)
+    model.config.use_cache = False
+    examples = _examples(tokenizer)
+    reference = _reference_loss_sum(model, examples)
+    with torch.no_grad():
+        for sparse in (False, True):
+            padded = _loss_sum(model, PaddedCollator(tokenizer.pad_token_id), examples, sparse)
+            torch.testing.assert_close(padded, reference, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", TINY_MODELS)
+def test_packed_batch_gives_the_unpadded_loss_exactly_on_packing_architectures(arch):
+    model, tokenizer = load_model(arch)
+    model.config.use_cache = False
+    examples = _examples(tokenizer)
+    with torch.no_grad():
+        if model.config.model_type in PACKING_MODEL_TYPES:
+            reference = _reference_loss_sum(model, examples)
+            packed = _loss_sum(model, PackedCollator(), examples, sparse_logits=True)
+            torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-4)
+        else:  # the table must not leave out an architecture on which packing would be exact
+            batch = PackedCollator()(examples)
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+            alone = torch.cat([model(input_ids=torch.tensor([e["input_ids"]])).logits[0] for e in examples])
+            assert (logits - alone).abs().max() > 1e-3
+
+
+def test_seeded_sampler_groups_lengths_and_replays_the_same_order():
+    lengths = [(i * 37) % 101 + 1 for i in range(203)]
+    sampler = SeededSampler(lengths, micro_batch_size=4, seed=3, group_by_length=True)
+    first = list(sampler)
+    assert sorted(first) == list(range(203)) and list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    batches = [first[k:k + 4] for k in range(0, 203, 4)]
+    assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest micro-batch comes first
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert sum(lengths) / padded > 0.95  # little padding
+    random_order = list(SeededSampler(lengths, 4, seed=3, group_by_length=False))
+    assert sorted(random_order) == list(range(203))
+
+
+# --- training runs ------------------------------------------------------------------------------------------------
+
+def test_finetune_writes_adapter_tokenizer_manifest_and_loss_log(tmp_path, data_file):
+    out = finetune(_run(tmp_path, data_file, val_set_size=2, eval_steps=2))
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "manifest.json",
+            "loss_log.jsonl", "loss_curve.png"} <= names
+    assert "checkpoints" not in names and "run.json" not in names
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["cutoff_len"] == 256 and manifest["seed"] == 42
+    assert manifest["data"]["sha256"] and manifest["data"]["train"]["examples"] == 8
+    assert manifest["data"]["validation"]["examples"] == 2
+    assert 0 < manifest["parameters"]["trainable"] < manifest["parameters"]["total"]
+    assert set(manifest["versions"]) >= {"torch", "transformers", "peft", "accelerate"}
+    assert "git_commit" in manifest and manifest["training"]["steps"] == 4
+    log = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]
+    assert any("eval_loss" in e for e in log)
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log if "loss" in e)
+
+
+def test_gradient_accumulation_gives_the_same_update_as_one_big_batch(tmp_path, data_file):
+    # Examples of different lengths: per-micro-batch means would weight tokens unequally, the token count doesn't.
+    settings = dict(batch_size=4, max_steps=2, batching="padded")
+    one = finetune(_run(tmp_path, data_file, "one", micro_batch_size=4, **settings))
+    accumulated = finetune(_run(tmp_path, data_file, "acc", micro_batch_size=1, **settings))
+    a, b = (load_file(p / "adapter_model.safetensors") for p in (one, accumulated))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)  # Adam amplifies float noise near 0
+    # Adam hides a constant factor in the gradient; the logged loss (mean per label token of the step) does not.
+    losses = [[e["loss"] for e in map(json.loads, (p / "loss_log.jsonl").read_text().splitlines()) if "loss" in e]
+              for p in (one, accumulated)]
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", PROMPT_LEARNING)
+def test_finetune_trains_prompt_learning_methods(tmp_path, data_file, method):
+    out = finetune(_run(tmp_path, data_file, adapter={"method": method, "num_virtual_tokens": 3}, max_steps=2))
+    assert (out / "adapter_model.safetensors").exists()
+    with pytest.raises(ValueError, match="batching packed cannot be used with"):
+        finetune(_run(tmp_path, data_file, "packed", adapter=method, batching="packed"))
+
+
+def test_finetune_packed_on_an_architecture_without_support_is_an_error(tmp_path, data_file):
+    with pytest.raises(ValueError, match="batching packed needs an architecture"):
+        finetune(_run(tmp_path, data_file, base_model="tiny-bloom", batching="packed"))
+
+
+# --- output folder safety and resume --------------------------------------------------------------------------------
+
+def test_finetune_refuses_a_finished_run_and_foreign_content_unless_overwrite(tmp_path, data_file):
+    config = _run(tmp_path, data_file, max_steps=1)
+    finetune(config)
+    with pytest.raises(FileExistsError, match="finished run"):
+        finetune(config)
+    finetune(dataclasses.replace(config, overwrite=True))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        finetune(dataclasses.replace(config, output_dir=str(foreign)))
+    assert (foreign / "notes.txt").exists()
+
+
+def test_finetune_unfinished_run_with_other_settings_names_the_key(tmp_path, data_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    config = _run(tmp_path, data_file)
+    (out / "run.json").write_text(json.dumps({"config": dict(config.to_dict(), learning_rate=0.5),
+                                              "data_sha256": "x"}))
+    with pytest.raises(ValueError, match=r"learning_rate: 0\.5 -> 0\.01.*data content"):
+        finetune(config)
+
+
+_KILLABLE = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, {src!r})
+    import llm_adapters.train as train
+    from llm_adapters.train_config import load_config
+    if sys.argv[1] == "slow":  # slow the steps down so that the parent can kill the run between checkpoints
+        step = train.AdapterTrainer.training_step
+        def slow_step(self, *args, **kwargs):
+            time.sleep(0.15)
+            return step(self, *args, **kwargs)
+        train.AdapterTrainer.training_step = slow_step
+    train.finetune(load_config(**json.loads(sys.argv[2])))
+""")
+
+
+def test_finetune_killed_and_rerun_resumes_and_matches_the_uninterrupted_run(tmp_path, data_file):
+    settings = dict(TINY_RUN, data=str(data_file), max_steps=12, save_steps=3,
+                    adapter={"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1})  # dropout: RNG state resumes too
+    script = tmp_path / "run.py"
+    script.write_text(_KILLABLE.format(src=str(SRC)))
+    killed = dict(settings, output_dir=str(tmp_path / "killed"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    process = subprocess.Popen([sys.executable, str(script), "slow", json.dumps(killed)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while latest_checkpoint(tmp_path / "killed" / "checkpoints") is None:
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no checkpoint within 2 minutes"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "manifest.json").exists()
+    rerun = subprocess.run([sys.executable, str(script), "fast", json.dumps(killed)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming from" in rerun.stdout
+    manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    assert manifest["training"]["resumed_from"] and manifest["training"]["steps"] == 12
+
+    uninterrupted = finetune(load_config(**dict(settings, output_dir=str(tmp_path / "straight"))))
+    resumed = load_file(tmp_path / "killed" / "adapter_model.safetensors")
+    straight = load_file(uninterrupted / "adapter_model.safetensors")
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
+
+
+# --- config ---------------------------------------------------------------------------------------------------------
+
+def test_config_every_field_has_help():
+    assert all(f.metadata.get("help") for f in FIELDS.values())
+
+
+def test_config_unknown_key_names_it_and_the_accepted_keys(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: d.json\noutput_dir: o\nlearning_rte: 1e-4\n")
+    with pytest.raises(ValueError, match=r"unknown key 'learning_rte'.*Did you mean: learning_rate.*Accepted: data"):
+        load_config(path)
+
+
+def test_config_reports_all_problems_at_once():
+    with pytest.raises(ValueError) as error:
+        load_config(data="d.json", output_dir="o", batch_size=10, micro_batch_size=4, precision="fp8",
+                    adapter="no-such-method", cutoff_len=0)
+    message = str(error.value)
+    for part in ("batch_size 10 is not a multiple", "precision 'fp8'", "adapter:", "cutoff_len must"):
+        assert part in message
+
+
+def test_config_yaml_string_numbers_are_coerced_and_flags_override_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: d.json\noutput_dir: o\nlearning_rate: 3e-4\nnum_epochs: 2\ntrain_on_inputs: true\n")
+    assert load_config(path).learning_rate == 3e-4  # PyYAML reads 3e-4 as a string
+    args = make_parser().parse_args(["finetune", "--config", str(path), "--learning-rate", "1e-3",
+                                     "--no-train-on-inputs", "--adapter", "{preset: paper-lora, r: 8}"])
+    config = config_from_args(args)
+    assert (config.learning_rate, config.num_epochs, config.train_on_inputs) == (1e-3, 2.0, False)
+    assert config.spec.r == 8 and config.spec.alpha == 64
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"precision": "bf16"}, "bf16 needs a CUDA GPU"),
+    ({"precision": "fp16"}, "fp16 needs a CUDA GPU"),
+    ({"load_in_8bit": True}, "load_in_8bit needs a CUDA GPU"),
+    ({"load_in_4bit": True}, "load_in_4bit needs a CUDA GPU"),
+])
+def test_finetune_gpu_only_settings_fail_clearly_on_cpu(tmp_path, data_file, overrides, message):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match=message):
+        finetune(_run(tmp_path, data_file, **overrides))
+
+
+def test_cli_finetune_prints_one_line_errors(tmp_path, data_file, capsys):
+    from llm_adapters.cli import main
+
+    code = main(["finetune", "--data", str(data_file), "--output-dir", str(tmp_path / "o"), "--precision", "fp8"])
+    assert code == 2 and "precision 'fp8' is not one of" in capsys.readouterr().err
