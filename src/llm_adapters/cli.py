@@ -233,6 +233,26 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return run_evaluate(args)
 
 
+def _add_demo_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="the main job: evaluate the embedded model, fine-tune it with paper-lora, evaluate again",
+        description="Offline, on the embedded SmolLM2-135M: held-out synthetic word problems before and after "
+                    "fine-tuning. Rerun to resume after a kill.")
+    parser.add_argument("--config", default="configs/demo.yaml", help="fine-tuning config (default: %(default)s)")
+    parser.add_argument("--output-dir", default="demo-output", help="results folder (default: %(default)s)")
+    parser.add_argument("--n-test", type=int, default=100, help="held-out problems (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size (default: %(default)s)")
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from llm_adapters.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(config=args.config, output_dir=args.output_dir, n_test=args.n_test,
+                         batch_size=args.batch_size))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-adapters",
@@ -242,6 +262,7 @@ def make_parser() -> argparse.ArgumentParser:
     # COMMANDS (each adds its parser here and sets `func`)
     _add_evaluate_command(subparsers)
     _add_params_command(subparsers)
+    _add_demo_command(subparsers)
     _add_data_commands(subparsers)
     _add_finetune_command(subparsers)
     return parser

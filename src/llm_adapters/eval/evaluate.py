@@ -145,7 +145,8 @@ def _summary(task_data: TaskData, done: dict[int, dict[str, Any]], settings: _Se
     task, records = task_data.task, list(done.values())
     generated = _generates(task, settings.scoring)
     metric = accuracy_summary(records, "correct" if generated else "loglik_correct")
-    summary: dict[str, Any] = {"task": task.name, "task_version": task.version, "metric": "generate" if generated
+    summary: dict[str, Any] = {"task": task.name, "task_version": task.version, "group": task.group,
+                               "metric": "generate" if generated
                                else "loglik", **metric}
     if generated:
         summary["no_answer"] = sum(r["prediction"] is None for r in records)
@@ -211,7 +212,7 @@ def _table(summaries: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str
     groups: dict[str, list[float]] = {}
     for name, s in summaries.items():
         if s["metric"] == "generate":
-            groups.setdefault(TASKS[name].group, []).append(s["accuracy"])
+            groups.setdefault(s["group"], []).append(s["accuracy"])
     if len(groups) > 1:
         groups["all"] = [value for values in groups.values() for value in values]
     for group, values in groups.items():

@@ -101,6 +101,7 @@ class AnswerStop(StoppingCriteria):
         self.tokenizer, self.task, self.prompt_width = tokenizer, task, prompt_width
         self.done: torch.Tensor | None = None
         self.stopped_at: dict[int, int] = {}  # row -> number of new tokens when its answer completed
+        self.checked: dict[int, int] = {}  # row -> length of text already found loop-free
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         if self.done is None:
@@ -109,9 +110,10 @@ class AnswerStop(StoppingCriteria):
         rows = (~self.done).nonzero().flatten().tolist()
         texts = self.tokenizer.batch_decode(new[rows], skip_special_tokens=True)
         for row, text in zip(rows, texts):
-            if answer_complete(self.task, text):
+            if answer_complete(self.task, text, self.checked.get(row, 0)):
                 self.done[row] = True
                 self.stopped_at[row] = new.shape[1]
+            self.checked[row] = len(text)
         return self.done.clone()
 
 
@@ -123,6 +125,8 @@ def _end_of_text_ids(model: Any, tokenizer: Any) -> set[int]:
 
 def prompt_lengths(tokenizer: Any, prompts: list[str], add_special_tokens: bool = True) -> list[int]:
     """Token count of each prompt."""
+    if not prompts:  # a finished task being resumed; tokenizers fail on an empty batch
+        return []
     return [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
 
 
@@ -167,14 +171,20 @@ def _greedy_pruned(model: Any, tokenizer: Any, batch: Any, task: Task, config: D
     cache, last_position = output.cache, positions[:, -1]
     live = list(range(mask.shape[0]))  # batch row of each live row
     tokens: list[list[int]] = [[] for _ in live]
+    checked = [0 for _ in live]  # text length each row was already checked to
     for step in range(budget):
         chosen = output.logits[:, -1].argmax(-1)  # (live,)
         keep = []
         for k, (row, token) in enumerate(zip(live, chosen.tolist())):
             tokens[row].append(token)
-            if token not in ends and not (config.stop_rules and answer_complete(
-                    task, tokenizer.decode(tokens[row], skip_special_tokens=True))):
-                keep.append(k)
+            if token in ends:
+                continue
+            if config.stop_rules:
+                text = tokenizer.decode(tokens[row], skip_special_tokens=True)
+                if answer_complete(task, text, checked[row]):
+                    continue
+                checked[row] = len(text)
+            keep.append(k)
         if not keep or step == budget - 1:
             break
         if len(keep) < len(live):

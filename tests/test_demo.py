@@ -1,0 +1,32 @@
+"""The demo job end to end on a tiny model: before/after evaluation around a fine-tuning run, resumable."""
+from __future__ import annotations
+
+import json
+
+from llm_adapters.demo import DemoOptions, run_demo
+
+
+def test_demo_runs_end_to_end_and_a_rerun_reuses_every_stage(tmp_path):
+    config = tmp_path / "demo.yaml"
+    config.write_text(
+        "base_model: tiny-llama\nadapter: paper-lora\ntemplate: alpaca\nmax_examples: 16\nnum_epochs: 1\n"
+        "batch_size: 8\nmicro_batch_size: 4\nwarmup_steps: 0\nsave_steps: 10\nseed: 3\n"
+    )
+    out = tmp_path / "out"
+    result = run_demo(DemoOptions(config=str(config), output_dir=str(out), n_test=8, batch_size=4))
+    for name in ("results.md", "results.json", "before_after.png", "adapter/manifest.json",
+                 "adapter/adapter_model.safetensors", "eval-before/synthetic-arithmetic/predictions.jsonl",
+                 "eval-after/synthetic-arithmetic/summary.json"):
+        assert (out / name).exists(), name
+    train = json.loads((out / "data" / "synthetic-train.json").read_text())
+    test = json.loads((out / "data" / "dataset" / "synthetic-arithmetic" / "test.json").read_text())
+    assert len(train) == 16 and len(test) == 8
+    assert not {r["instruction"] for r in train} & {r["instruction"] for r in test}  # held out
+    assert result["before"]["n"] == result["after"]["n"] == 8
+    assert result["after"]["adapter"] == str(out / "adapter")
+    assert "change:" in result["table"] and "| base |" in result["table"]
+
+    manifest_time = (out / "adapter" / "manifest.json").stat().st_mtime
+    again = run_demo(DemoOptions(config=str(config), output_dir=str(out), n_test=8, batch_size=4))
+    assert (out / "adapter" / "manifest.json").stat().st_mtime == manifest_time  # training not redone
+    assert again["after"]["accuracy"] == result["after"]["accuracy"]
