@@ -9,7 +9,8 @@
   its last "=", else its first number; else the last number of the text. "$", "%", thousands separators, a
   trailing period and a unicode minus are tolerated, and "a/b" is a fraction. Letters: the
   first stand-alone capital A-E of the answer sentence, else a letter that opens the response. Labels: the
-  first label matched case-insensitively as a whole word.
+  first label matched case-insensitively as a whole word. For all three, a response that loops (one unit of
+  8-200 characters, 4 times in a row) ends after the 4th copy: the rest carries nothing.
 
 `answer_complete` tells when further tokens can no longer change the `default` answer; the generation engine
 stops a sequence there. It is deliberately conservative: a number waits for the end of its answer sentence
@@ -21,6 +22,8 @@ from __future__ import annotations
 import math
 import re
 from typing import Callable, Iterator, Literal
+
+import numpy as np
 
 from llm_adapters.data.tasks import TASKS, Task
 
@@ -38,6 +41,53 @@ _MARKER = re.compile(r"\banswer\s*(?:is\b|=|:)|####", re.IGNORECASE)
 _LETTER = re.compile(r"(?<![A-Za-z])[A-E](?![A-Za-z])")
 _OPENING_LETTER = re.compile(r"^\(?([A-E])(?![A-Za-z])")
 _WORD = r"A-Za-z0-9_"
+# A loop: one unit of 8-200 characters holding 3+ distinct letters or digits, 4 times in a row (a row of
+# dashes or "1 + 1 + 1 + 1" is not a loop).
+_UNIT_MIN, _UNIT_MAX, _COPIES = 8, 200, 4
+
+
+def _is_loop_unit(unit: str) -> bool:
+    return len({c for c in unit if c.isalnum()}) >= 3
+
+
+def loop_end(text: str, after: int = 0) -> int | None:
+    """Where a looping response is cut: the end of the first stretch that repeats one unit 4 times in a row,
+    among the stretches ending after `after` (the engine passes the length it already checked).
+
+    Small models often repeat a sentence until the token budget runs out; what follows the 4th copy carries
+    nothing, and only where the budget happens to cut the loop would change the last number.
+
+    Example:
+        >>> text = "So 2 + 3 = 5. " * 6
+        >>> text[:loop_end(text)] == "So 2 + 3 = 5. " * 4
+        True
+    """
+    if after > 0:  # a few new characters: a direct check per end position is cheapest
+        for end in range(max(after + 1, _COPIES * _UNIT_MIN), len(text) + 1):
+            for p in range(_UNIT_MIN, min(_UNIT_MAX, end // _COPIES) + 1):
+                periodic = text[end - _COPIES * p:end - p] == text[end - (_COPIES - 1) * p:end]
+                if text[end - 1] == text[end - 1 - p] and periodic and _is_loop_unit(text[end - p:end]):
+                    return end
+        return None
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    best: int | None = None
+    for p in range(_UNIT_MIN, min(_UNIT_MAX, len(text) // _COPIES) + 1):
+        # A stretch text[end - 4p:end] has period p iff text[i] == text[i - p] for every i in [end - 3p, end).
+        same = np.concatenate(([0], np.cumsum(codes[p:] == codes[:-p])))
+        window = (_COPIES - 1) * p
+        for start in np.flatnonzero(same[window:] - same[:-window] == window):
+            end = int(start) + _COPIES * p
+            if best is not None and end >= best:
+                break
+            if _is_loop_unit(text[end - p:end]):
+                best = end
+                break
+    return best
+
+
+def _cut_loop(text: str) -> str:
+    end = loop_end(text)
+    return text if end is None else text[:end]
 
 
 def _to_float(token: str) -> float | None:
@@ -119,7 +169,7 @@ def extract_number(text: str, rules: Rules = "default") -> float | None:
     if rules == "original":
         found = _ORIGINAL_NUMBER.findall(text.replace(",", ""))
         return float(found[-1]) if found else None
-    text = _normalise(text)
+    text = _normalise(_cut_loop(text))
     named = _named_number(text, final=True)
     if named is not None:
         return _to_float(named[0])
@@ -137,6 +187,7 @@ def extract_letter(text: str, rules: Rules = "default") -> str | None:
     if rules == "original":
         found = re.findall(r"A|B|C|D|E", text.strip())
         return found[0] if found else None
+    text = _cut_loop(text)
     named = _named_letter(text, final=True)
     if named is not None:
         return named[0]
@@ -162,7 +213,7 @@ def extract_label(text: str, labels: tuple[str, ...], rules: Rules = "default") 
     if rules == "original":
         found = re.findall("|".join(labels), text.strip())
         return found[0] if found else None
-    found = _label_pattern(labels, final=True).search(text)
+    found = _label_pattern(labels, final=True).search(_cut_loop(text))
     if not found:
         return None
     return next(label for label in labels if label.lower() == found.group(1).lower())
@@ -220,13 +271,21 @@ def is_correct(task: Task | str, prediction: Answer, gold: str) -> bool:
     return prediction == gold
 
 
-def answer_complete(task: Task | str, text: str) -> bool:
+def answer_complete(task: Task | str, text: str, checked: int = 0) -> bool:
     """Whether no continuation of `text` can change its `default` answer (the engine's stop rule).
 
     True once a finished answer sentence names a number, once an answer sentence names a letter followed by
-    a character, or once a whole-word label has been produced.
+    a character, once a whole-word label has been produced, or once the text loops (`loop_end`).
+
+    Args:
+        task: a Task or its name.
+        text: the response so far.
+        checked: how much of `text` an earlier call already found loop-free (the engine's previous length),
+            so that only the new end positions are searched for a loop.
     """
     task = _task(task)
+    if loop_end(text, checked) is not None:
+        return True
     if task.answer_type == "label":
         return _label_pattern(task.labels, final=False).search(text) is not None
     if task.answer_type == "number":
