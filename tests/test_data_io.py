@@ -35,6 +35,7 @@ def test_resolve_data_dir_prefers_flag_then_env_then_cache(monkeypatch: pytest.M
     monkeypatch.delenv("LLM_ADAPTERS_DATA")
     monkeypatch.setenv("LLM_ADAPTERS_CACHE", str(tmp_path / "cache"))
     assert resolve_data_dir() == tmp_path / "cache" / "data"
+    assert resolve_data_dir(SHARED.parent) == SHARED  # the shared datasets/ folder stands for its llm-adapters/
 
 
 def _write(path: Path, text: str) -> Path:

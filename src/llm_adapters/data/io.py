@@ -28,14 +28,21 @@ CHECKSUMS = Path(__file__).with_name("checksums.json")
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """The benchmark data directory: `data_dir`, else `$LLM_ADAPTERS_DATA`, else the user cache folder."""
+    """The benchmark data directory: `data_dir`, else `$LLM_ADAPTERS_DATA`, else the user cache folder.
+
+    A folder without `dataset/` whose `llm-adapters/` subfolder has one (the shared `datasets/` folder) stands
+    for that subfolder.
+    """
     if data_dir:
-        return Path(data_dir).expanduser()
-    if os.environ.get(ENV_DATA):
-        return Path(os.environ[ENV_DATA]).expanduser()
-    # Same root as models.cache_dir(), spelled out so that `data list` needs no torch import.
-    cache = os.environ.get("LLM_ADAPTERS_CACHE") or Path.home() / ".cache" / "llm-adapters"
-    return Path(cache) / "data"
+        root = Path(data_dir).expanduser()
+    elif os.environ.get(ENV_DATA):
+        root = Path(os.environ[ENV_DATA]).expanduser()
+    else:
+        # Same root as models.cache_dir(), spelled out so that `data list` needs no torch import.
+        root = Path(os.environ.get("LLM_ADAPTERS_CACHE") or Path.home() / ".cache" / "llm-adapters") / "data"
+    if not (root / "dataset").is_dir() and (root / "llm-adapters" / "dataset").is_dir():
+        return root / "llm-adapters"
+    return root
 
 
 def sha256_file(path: str | Path) -> str:
