@@ -85,6 +85,8 @@ def token_loss_sum(model: torch.nn.Module, inputs: dict[str, torch.Tensor], targ
 def finetune(config: FinetuneConfig) -> Path:
     """Train the adapter that `config` describes and write the run folder; rerun after a kill to resume.
 
+    Long on purpose: like nanoGPT's train.py it reads top to bottom, one commented phase after another.
+
     Args:
         config: the run's settings (see FinetuneConfig; `load_config` reads them from YAML).
 
@@ -146,21 +148,13 @@ def finetune(config: FinetuneConfig) -> Path:
          f"{world_size} device(s), ~{tokens_per_step:.0f} tokens per step; batching: {config.batching}")
 
     # Collate and train.
-    sparse_logits = spec.method not in PROMPT_LEARNING and _accepts_logits_to_keep(peft_model)
-    collator = PackedCollator() if config.batching == "packed" else PaddedCollator(tokenizer.pad_token_id)
-    sampler = SeededSampler([len(e["input_ids"]) for e in train_set], config.micro_batch_size, config.seed,
-                            group_by_length=config.batching == "length")
-    trainer = AdapterTrainer(
-        model=peft_model, args=_training_arguments(config, out / "checkpoints", accumulation, bool(val_set)),
-        train_dataset=train_set, eval_dataset=val_set or None, data_collator=collator,
-        sampler=sampler, sparse_logits=sparse_logits,
-    )
+    trainer = make_trainer(config, peft_model, tokenizer, train_set, val_set, out / "checkpoints", accumulation)
     begin_run(out, plan, config, data_sha256)  # everything checked: only now is output_dir written to
     checkpoint = plan.checkpoint
     if plan.action == "replace":
         _say(f"--overwrite: replaced the previous content of {out}")
     if checkpoint is not None:
-        _say(f"resuming from {checkpoint}")
+        _say(f"resuming from {checkpoint}" + "".join(f"; {change} (the new value wins)" for change in plan.changed))
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     # Save: adapter + tokenizer, loss log and curve, then the manifest (its presence marks the run finished).
@@ -176,7 +170,7 @@ def finetune(config: FinetuneConfig) -> Path:
                  "train": train_stats.to_dict(), "validation": val_stats.to_dict()},
         "training": {"steps": trainer.state.global_step, "epochs": trainer.state.epoch,
                      "accumulation": accumulation, "devices": world_size, "tokens_per_step": round(tokens_per_step),
-                     "sparse_logits": sparse_logits, "train_loss": result.training_loss,
+                     "sparse_logits": trainer.sparse_logits, "train_loss": result.training_loss,
                      "resumed_from": str(checkpoint) if checkpoint else None,
                      "train_runtime_s": result.metrics.get("train_runtime"),
                      "wall_time_s": round(time.time() - started, 1)},
@@ -185,6 +179,21 @@ def finetune(config: FinetuneConfig) -> Path:
     finish_output_dir(out, keep_checkpoints=config.keep_checkpoints)
     _say(f"done: {out} (final training loss {result.training_loss:.4f})")
     return out
+
+
+def make_trainer(config: FinetuneConfig, peft_model: torch.nn.Module, tokenizer: Any, train_set: list[dict],
+                 val_set: list[dict], checkpoints: Path, accumulation: int) -> AdapterTrainer:
+    """The Trainer for encoded examples: our sampler and collator for `config.batching`, logits only where labels
+    are (all methods but prompt learning, whose virtual tokens shift the positions), checkpoints in `checkpoints`."""
+    sparse_logits = config.spec.method not in PROMPT_LEARNING and _accepts_logits_to_keep(peft_model)
+    collator = PackedCollator() if config.batching == "packed" else PaddedCollator(tokenizer.pad_token_id)
+    sampler = SeededSampler([len(e["input_ids"]) for e in train_set], config.micro_batch_size, config.seed,
+                            group_by_length=config.batching == "length")
+    return AdapterTrainer(
+        model=peft_model, args=_training_arguments(config, checkpoints, accumulation, bool(val_set)),
+        train_dataset=train_set, eval_dataset=val_set or None, data_collator=collator,
+        sampler=sampler, sparse_logits=sparse_logits,
+    )
 
 
 def _load_base(config: FinetuneConfig) -> tuple[torch.nn.Module, Any]:
@@ -253,8 +262,8 @@ def _training_arguments(config: FinetuneConfig, checkpoints: Path, accumulation:
         seed=config.seed,
         bf16=config.precision == "bf16",
         fp16=config.precision == "fp16",
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        activation_checkpointing=config.gradient_checkpointing,  # transformers 5's name for it
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         logging_steps=config.logging_steps,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=config.eval_steps if has_eval else None,
@@ -267,6 +276,7 @@ def _training_arguments(config: FinetuneConfig, checkpoints: Path, accumulation:
         report_to="none",
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,
     )
 

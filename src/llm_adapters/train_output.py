@@ -30,6 +30,7 @@ class OutputPlan:
 
     action: str  # fresh, resume, replace
     checkpoint: Path | None = None
+    changed: tuple[str, ...] = ()  # RESUME_MAY_CHANGE settings that differ from the saved run: "key: old -> new"
 
 
 def plan_output_dir(out: Path, config: FinetuneConfig, data_sha256: str | None) -> OutputPlan:
@@ -61,7 +62,9 @@ def plan_output_dir(out: Path, config: FinetuneConfig, data_sha256: str | None) 
         raise ValueError(f"output_dir {out} holds an unfinished run with other settings, so it cannot resume: "
                          f"{'; '.join(differences)}. Rerun with the saved settings to resume, or pass "
                          "--overwrite to start over")
-    return OutputPlan("resume", latest_checkpoint(out / CHECKPOINTS))
+    changed = tuple(f"{key}: {saved['config'].get(key)!r} -> {getattr(config, key)!r}" for key in RESUME_MAY_CHANGE
+                    if key in saved["config"] and saved["config"][key] != getattr(config, key))
+    return OutputPlan("resume", latest_checkpoint(out / CHECKPOINTS), changed)
 
 
 def begin_run(out: Path, plan: OutputPlan, config: FinetuneConfig, data_sha256: str | None) -> None:

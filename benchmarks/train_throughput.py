@@ -1,0 +1,204 @@
+"""Training throughput: our `finetune` pipeline against the original recipe on plain transformers + PEFT.
+
+    .venv/bin/python benchmarks/train_throughput.py                 # ~5 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/train_throughput.py --rounds 1 --examples-per-round 16   # a quick look
+
+Both train the embedded SmolLM2-135M with the paper's LoRA (r 32, alpha 64, dropout 0.05 on q/k/v/up/down),
+global batch 16, micro-batch 4, fp32, AdamW, on the same seeded synthetic word problems in the original training
+template, in one process:
+  (a) ours: `make_trainer` of llm_adapters.train (length-grouped micro-batches, right padding, logits only at
+      label positions, loss on the response);
+  (b) the original recipe rebuilt: `get_peft_model` + Trainer, the full text tokenised at once with labels = ids
+      (loss on every token, the original's default), DataCollatorForSeq2Seq padding each random micro-batch of 4
+      to its longest (left padding, as the original), no length grouping.
+  (a') ours with --train-on-inputs, the same loss as (b): the gain from batching alone.
+Timings on a shared machine drift, so the pipelines alternate on disjoint subsets (b a a' | a' a b | ...) and
+each total is summed over the rounds. Tokens/s counts real tokens only (no padding). Peak RSS of each pipeline is
+measured in a child process of its own (the RSS high-water mark of one process cannot be split between phases).
+The FLOP/s fraction divides (a)'s model FLOP/s (frozen base: 4 x body parameters per token, forward and input
+gradient; 4 x LM-head parameters per token where logits are computed; 6 x LoRA parameters per token; attention
+scores left out) by a dense 2048x2048 fp32 matmul's FLOP/s, measured between the rounds in this process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from llm_adapters.data.build_synthetic import SyntheticOptions, generate_problems  # noqa: E402
+from llm_adapters.data.templates import build_training_text  # noqa: E402
+from llm_adapters.methods import attach, count_parameters  # noqa: E402
+from llm_adapters.models import EMBEDDED, load_model  # noqa: E402
+from llm_adapters.train import make_trainer  # noqa: E402
+from llm_adapters.train_config import load_config  # noqa: E402
+from llm_adapters.train_data import encode_records  # noqa: E402
+
+PIPELINES = {"a": "ours", "a'": "ours, loss on all tokens", "b": "original recipe"}
+
+
+def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+class Ours:
+    """Pipeline (a) or (a'): the pieces `finetune` uses, on a subset of records at a time."""
+
+    def __init__(self, train_on_inputs: bool, workdir: Path):
+        self.config = load_config(base_model=EMBEDDED, adapter="paper-lora", data="unused", template="original",
+                                  output_dir=str(workdir), num_epochs=1, batch_size=16, micro_batch_size=4,
+                                  warmup_steps=0,
+                                  train_on_inputs=train_on_inputs, save_steps=10_000, logging_steps=1000)
+        model, self.tokenizer = load_model(EMBEDDED)
+        model.config.use_cache = False
+        torch.manual_seed(0)
+        self.model = attach(model, "paper-lora")
+        self.kept_fraction = []  # share of tokens whose logits were computed
+
+    def train(self, records: list[dict]) -> tuple[int, float]:
+        examples, stats = encode_records(records, self.tokenizer, template="original", cutoff_len=256,
+                                         train_on_inputs=self.config.train_on_inputs)
+        trainer = make_trainer(self.config, self.model, self.tokenizer, examples, [],
+                               Path(self.config.output_dir) / "checkpoints", accumulation=4)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        self.kept_fraction.append(stats.label_tokens / stats.tokens)
+        return stats.tokens, seconds
+
+
+class Original:
+    """Pipeline (b): finetune.py of LLM-Adapters on today's transformers + PEFT."""
+
+    def __init__(self, workdir: Path):
+        from peft import LoraConfig, get_peft_model
+        from transformers import DataCollatorForSeq2Seq, TrainingArguments
+
+        model, self.tokenizer = load_model(EMBEDDED)
+        model.config.use_cache = False
+        self.tokenizer.pad_token_id = 0  # finetune.py: pad id 0, left padding, also in training
+        self.tokenizer.padding_side = "left"
+        torch.manual_seed(0)
+        self.model = get_peft_model(model, LoraConfig(
+            r=32, lora_alpha=64, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]))
+        self.collator = DataCollatorForSeq2Seq(self.tokenizer, padding=True, return_tensors="pt")
+        self.args = TrainingArguments(
+            output_dir=str(workdir), per_device_train_batch_size=4, gradient_accumulation_steps=4,
+            num_train_epochs=1, learning_rate=3e-4, warmup_steps=0, optim="adamw_torch", logging_steps=1000,
+            save_strategy="no", report_to="none", disable_tqdm=True, train_sampling_strategy="random")
+
+    def _tokenize(self, record: dict) -> dict:
+        prompt, response = build_training_text(record["instruction"], record["input"], record["output"])
+        result = self.tokenizer(prompt + response, truncation=True, max_length=256, padding=False)
+        if result["input_ids"][-1] != self.tokenizer.eos_token_id and len(result["input_ids"]) < 256:
+            result["input_ids"].append(self.tokenizer.eos_token_id)
+            result["attention_mask"].append(1)
+        result["labels"] = list(result["input_ids"])  # train_on_inputs=True
+        return dict(result)
+
+    def train(self, records: list[dict]) -> tuple[int, float]:
+        from transformers import Trainer
+
+        examples = [self._tokenize(r) for r in records]
+        trainer = Trainer(model=self.model, args=self.args, train_dataset=examples, data_collator=self.collator)
+        start = time.perf_counter()
+        trainer.train()
+        return sum(len(e["input_ids"]) for e in examples), time.perf_counter() - start
+
+
+def make_pipeline(name: str, workdir: Path):
+    return Original(workdir / "b") if name == "b" else Ours(name == "a'", workdir / name)
+
+
+def records_for(n: int) -> list[dict]:
+    return [p.record() for p in generate_problems(SyntheticOptions(n=n, seed=0, split="train"))]
+
+
+def peak_rss_child(name: str, examples: int) -> float:
+    """Peak RSS (GB) of a fresh process that loads the model and trains pipeline `name` on `examples` records."""
+    result = subprocess.run([sys.executable, __file__, "--memory-child", name, "--examples-per-round", str(examples)],
+                            capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the pipelines (default: 2)")
+    parser.add_argument("--examples-per-round", type=int, default=32, help="records per pipeline per round")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
+    parser.add_argument("--memory-child", choices=sorted(PIPELINES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    workdir = Path(tempfile.mkdtemp(prefix="train-throughput-"))
+
+    if args.memory_child:
+        make_pipeline(args.memory_child, workdir).train(records_for(args.examples_per_round))
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)  # KiB -> GiB
+        return
+
+    records = records_for(args.rounds * args.examples_per_round)
+    pipelines = {name: make_pipeline(name, workdir) for name in ("b", "a", "a'")}
+    totals = {name: [0, 0.0] for name in pipelines}
+    flops = [matmul_flops()]
+    for round_ in range(args.rounds):
+        subset = records[round_ * args.examples_per_round:(round_ + 1) * args.examples_per_round]
+        order = list(pipelines) if round_ % 2 == 0 else list(reversed(pipelines))
+        for name in order:
+            tokens, seconds = pipelines[name].train(subset)
+            totals[name][0] += tokens
+            totals[name][1] += seconds
+            print(f"round {round_ + 1} ({name}): {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tok/s",
+                  flush=True)
+        flops.append(matmul_flops())
+
+    speed = {name: tokens / seconds for name, (tokens, seconds) in totals.items()}
+    ours = pipelines["a"]
+    base = ours.model.get_base_model()
+    head = base.get_output_embeddings().weight.numel()
+    counts = count_parameters(ours.model)
+    body = counts["total"] - counts["trainable"] - head  # the embedding lookup itself costs no FLOPs
+    kept = statistics.mean(ours.kept_fraction)
+    flops_per_token = 4 * body + 6 * counts["trainable"] + 4 * head * kept
+    machine = statistics.median(flops)
+
+    print(f"\n{args.rounds} rounds x {args.examples_per_round} records, global batch 16, micro-batch 4, fp32, "
+          f"{torch.get_num_threads()} threads")
+    print("| pipeline | real tokens | seconds | tokens/s | vs (b) |")
+    print("|---|---|---|---|---|")
+    for name in ("b", "a", "a'"):
+        tokens, seconds = totals[name]
+        print(f"| ({name}) {PIPELINES[name]} | {tokens} | {seconds:.1f} | {speed[name]:.1f} | "
+              f"{speed[name] / speed['b']:.2f}x |")
+    print(f"\nratio (a)/(b): {speed['a'] / speed['b']:.2f}   (target >= 1.5)")
+    print(f"dense fp32 matmul 2048^2: median {machine / 1e9:.1f} GFLOP/s "
+          f"(min {min(flops) / 1e9:.1f}, max {max(flops) / 1e9:.1f})")
+    print(f"(a) model FLOP/s: {flops_per_token * speed['a'] / 1e9:.1f} GFLOP/s = "
+          f"{100 * flops_per_token * speed['a'] / machine:.0f} % of the matmul rate "
+          f"({flops_per_token / 1e6:.0f} MFLOP per token; logits at {100 * kept:.0f} % of tokens)")
+    print(f"peak RSS of this process (all three pipelines loaded): "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB")
+    if not args.no_memory:
+        for name in ("b", "a"):
+            print(f"peak RSS, ({name}) alone in a fresh process, {args.examples_per_round} records: "
+                  f"{peak_rss_child(name, args.examples_per_round):.2f} GiB", flush=True)
+    print(json.dumps({"tokens_per_s": speed, "ratio_a_b": speed["a"] / speed["b"],
+                      "matmul_gflops": machine / 1e9}))
+
+
+if __name__ == "__main__":
+    main()
