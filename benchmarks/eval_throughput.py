@@ -107,7 +107,8 @@ def generate_step(model: Any, tokenizer: Any, task: Task) -> Callable[[str], tup
 
 
 def _table(runs: list[Run], totals: dict[str, Run]) -> str:
-    lines = ["| system | task | examples | seconds | examples/s | accuracy % | tokens |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| system | task | examples | seconds | examples/s | accuracy % | tokens |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for run in runs + list(totals.values()):
         scored = run.n if run.scored is None else run.scored
         accuracy = 100 * run.correct / scored if scored else 0.0

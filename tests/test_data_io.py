@@ -48,12 +48,14 @@ def test_read_records_accepts_json_list_jsonl_and_numeric_answers(tmp_path: Path
     as_list = read_records(_write(tmp_path / "a.json", json.dumps(rows)))
     as_lines = read_records(_write(tmp_path / "b.jsonl", "\n".join(map(json.dumps, rows)) + "\n"))
     lines_named_json = read_records(_write(tmp_path / "c.json", "\n".join(map(json.dumps, rows))))
-    expected = [{"instruction": "2+2?", "answer": "4", "input": ""}, {"instruction": "3+3?", "input": "", "answer": "6"}]
+    expected = [{"instruction": "2+2?", "answer": "4", "input": ""},
+                {"instruction": "3+3?", "input": "", "answer": "6"}]
     assert as_list == as_lines == lines_named_json == expected
 
 
 @pytest.mark.parametrize("content, message", [
-    ('[{"instruction": "a", "answer": "1"},\n {"instruction": "b" "answer": "2"}]', r"bad\.json: malformed JSON at line 2"),
+    ('[{"instruction": "a", "answer": "1"},\n {"instruction": "b" "answer": "2"}]',
+     r"bad\.json: malformed JSON at line 2"),
     ('{"instruction": "a", "answer": "1"}', r"expected a JSON list of records, got a JSON dict"),
     ('[{"instruction": "a", "answer": "1"}, ["b", "2"]]', r"bad\.json, record 1: expected an object, got list"),
     ('[{"instruction": "a", "answer": "1"}, {"instruction": "b"}]', r"bad\.json, record 1, field 'answer': missing"),

@@ -77,7 +77,8 @@ def _parse_jsonl(path: Path, text: str) -> list[Any]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: line {number}: malformed JSON ({error.msg}, column {error.colno})") from error
+                message = f"malformed JSON ({error.msg}, column {error.colno})"
+                raise ValueError(f"{path}: line {number}: {message}") from error
     return rows
 
 

@@ -72,7 +72,8 @@ class PredictionLog:
                 record = json.loads(line) if line.strip() else None
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 if not is_last:
-                    raise ValueError(f"{self.path}: line {number} is damaged ({error}); remove it or the file") from error
+                    raise ValueError(
+                        f"{self.path}: line {number} is damaged ({error}); remove it or the file") from error
                 record = None
             if is_last and line:  # a line without its newline was torn by a kill: drop it
                 os.truncate(self.path, offset)
