@@ -240,7 +240,7 @@ def _add_demo_command(subparsers: argparse._SubParsersAction) -> None:
                     "fine-tuning. Rerun to resume after a kill.")
     parser.add_argument("--config", default="configs/demo.yaml", help="fine-tuning config (default: %(default)s)")
     parser.add_argument("--output-dir", default="demo-output", help="results folder (default: %(default)s)")
-    parser.add_argument("--n-test", type=int, default=100, help="held-out problems (default: %(default)s)")
+    parser.add_argument("--n-test", type=int, default=80, help="held-out problems (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size (default: %(default)s)")
     parser.set_defaults(func=_run_demo)
 
