@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "llm-adapters"))
     parser.add_argument("--n-gsm8k", type=int, default=32)
     parser.add_argument("--n-boolq", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--original-budget", type=float, default=300.0,
                         help="seconds per task for the original protocol (it runs at least one question)")
     parser.add_argument("--skip", default="", help="systems to skip, e.g. original,generate")

@@ -211,7 +211,7 @@ def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", help="(default: $LLM_ADAPTERS_DATA, else ~/.cache/llm-adapters/data)")
     parser.add_argument("--output-dir", help="(default: runs/eval/<model>[-<adapter>])")
     parser.add_argument("--limit", type=int, help="evaluate the first N examples of each task")
-    parser.add_argument("--batch-size", type=int, help="prompts per batch (default: 16 fast, 1 original)")
+    parser.add_argument("--batch-size", type=int, help="prompts per batch (default: 32 fast, 1 original)")
     parser.add_argument("--template", default="original", choices=("original", "alpaca", "chat"),
                         help="prompt template (default: the original evaluation template, byte for byte)")
     parser.add_argument("--protocol", default="fast", choices=("fast", "original"),

@@ -44,7 +44,7 @@ class DecodeConfig:
     """
 
     protocol: Protocol = "fast"
-    batch_size: int = 16
+    batch_size: int = 32
     max_new_tokens: int | None = None
     num_beams: int = 1
     use_cache: bool = True
@@ -68,10 +68,10 @@ class DecodeConfig:
     @classmethod
     def for_protocol(cls, protocol: Protocol, batch_size: int | None = None,
                      max_new_tokens: int | None = None) -> "DecodeConfig":
-        """The protocol's settings; `batch_size` defaults to 16 (fast) or 1 (original, as its authors ran it)."""
+        """The protocol's settings; `batch_size` defaults to 32 (fast) or 1 (original, as its authors ran it)."""
         if protocol == "original":
             return cls("original", batch_size or 1, max_new_tokens, num_beams=4, stop_rules=False)
-        return cls(protocol, batch_size or 16, max_new_tokens)
+        return cls(protocol, batch_size or 32, max_new_tokens)
 
     def settings(self, task: Task) -> dict[str, Any]:
         """The settings used for `task`, as written into summary.json."""
