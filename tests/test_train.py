@@ -21,8 +21,10 @@ from llm_adapters.methods.spec import PROMPT_LEARNING
 from llm_adapters.models import TINY_MODELS, byte_tokenizer, load_model
 from llm_adapters.train import finetune, token_loss_sum
 from llm_adapters.train_config import FIELDS, FinetuneConfig, config_from_args, load_config
-from llm_adapters.train_data import (IGNORE, PACKING_MODEL_TYPES, PackedCollator, PaddedCollator, SeededSampler,
-                                     encode_example, encode_records)
+from llm_adapters.methods import attach
+from llm_adapters.train_data import (IGNORE, PACKING_MODEL_TYPES, PREFIX_SHARING_MODEL_TYPES, PackedCollator,
+                                     PaddedCollator, SeededSampler, encode_example, encode_records,
+                                     shared_prefix_length)
 from llm_adapters.train_output import latest_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -36,6 +38,16 @@ ENCODE = dict(template="alpaca", cutoff_len=256, train_on_inputs=False)
 TINY_RUN = dict(base_model="tiny-llama", adapter={"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
                 template="alpaca", batch_size=4, micro_batch_size=2, warmup_steps=0, learning_rate=1e-2,
                 max_steps=4, logging_steps=1, save_steps=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine threads that wait for each other
+    slow every small op down several times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -160,6 +172,48 @@ def test_packed_batch_gives_the_unpadded_loss_exactly_on_packing_architectures(a
             assert (logits - alone).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("arch", TINY_MODELS)
+@pytest.mark.parametrize("train_on_inputs", [False, True])
+def test_shared_prefix_gives_the_plain_loss_and_gradients_on_listed_architectures(arch, train_on_inputs):
+    model, tokenizer = load_model(arch)
+    model.config.use_cache = False
+    peft_model = attach(model, {"method": "lora", "r": 4, "dropout": 0.0})
+    torch.manual_seed(0)
+    with torch.no_grad():  # B is zero at init: move it so that the adapter matters
+        for parameter in peft_model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1) if parameter.requires_grad else None
+    examples = encode_records(RECORDS[:4], tokenizer, **{**ENCODE, "train_on_inputs": train_on_inputs})[0]
+    batch = PaddedCollator(tokenizer.pad_token_id, share_prefix=True)(examples)
+    prefix_len = batch.pop("prefix_len")
+    assert prefix_len == len("Below is an instruction that describes a task. Write a response that appropriately "
+                             "completes the request.\n\n### Instruction:\nAdd ")  # bytes = tokens here
+    targets = batch.pop("shift_labels")
+    batch.pop("labels")
+
+    def loss_and_grads(prefix):
+        loss = token_loss_sum(peft_model, dict(batch), targets, sparse_logits=True, prefix_len=prefix)
+        loss.backward()
+        grads = [p.grad.clone() for p in peft_model.parameters() if p.requires_grad]
+        peft_model.zero_grad()
+        return loss.detach(), grads
+
+    plain, plain_grads = loss_and_grads(0)
+    shared, shared_grads = loss_and_grads(prefix_len)
+    if model.config.model_type in PREFIX_SHARING_MODEL_TYPES:
+        torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-3)
+        for a, b in zip(shared_grads, plain_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+    else:  # the table must not leave out an architecture on which sharing would be exact
+        assert max((a - b).abs().max() for a, b in zip(shared_grads, plain_grads)) > 1e-2
+
+
+def test_shared_prefix_length_leaves_every_row_a_token_and_skips_short_prefixes():
+    assert shared_prefix_length([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 7]]) == 5
+    assert shared_prefix_length([[1, 2, 3, 4, 5, 9], [1, 2, 3, 4, 5, 6, 7]]) == 5
+    assert shared_prefix_length([[1, 2, 3, 9], [1, 2, 3, 4]]) == 0  # 3 < MIN_SHARED_PREFIX
+    assert shared_prefix_length([[1, 2, 3, 4, 5, 6]]) == 0  # one row: nothing to share
+
+
 def test_seeded_sampler_groups_lengths_and_replays_the_same_order():
     lengths = [(i * 37) % 101 + 1 for i in range(203)]
     sampler = SeededSampler(lengths, micro_batch_size=4, seed=3, group_by_length=True)
@@ -270,7 +324,7 @@ def test_finetune_killed_and_rerun_resumes_and_matches_the_uninterrupted_run(tmp
     script = tmp_path / "run.py"
     script.write_text(_KILLABLE.format(src=str(SRC)))
     killed = dict(settings, output_dir=str(tmp_path / "killed"))
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     process = subprocess.Popen([sys.executable, str(script), "slow", json.dumps(killed)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120

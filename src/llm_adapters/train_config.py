@@ -72,6 +72,10 @@ class FinetuneConfig:
         "help": "length: micro-batches of similar length, padded to the longest; packed: each micro-batch as one "
                 "padding-free row (attention kept inside each example; LLaMA-like architectures); padded: random "
                 "micro-batches padded to the longest (the original)"})
+    share_prefix: bool = field(default=True, metadata={
+        "help": "run the prompt prefix that all rows of a micro-batch share (the template header) once and reuse "
+                "its keys/values: same loss and gradients without dropout; with dropout, its dropout mask is "
+                "shared by the rows (off for packed batches, prompt learning and gradient checkpointing)"})
     logging_steps: int = field(default=10, metadata={"help": "log the training loss every N optimiser steps"})
     eval_steps: int = field(default=80, metadata={"help": "validation loss every N steps (with val_set_size > 0)"})
     save_steps: int = field(default=80, metadata={"help": "checkpoint every N steps (resume point after a kill)"})

@@ -29,6 +29,10 @@ IGNORE = -100  # label of a token that gets no loss (PyTorch's cross-entropy def
 # mask (transformers' masking_utils detects the resets). BLOOM (ALiBi from the mask) and OPT do not; the packing
 # test checks this table against every tiny model.
 PACKING_MODEL_TYPES = ("llama", "mistral", "qwen2", "gptj", "gpt_neox", "gpt2")
+# Architectures on which a shared prompt prefix can be run once and its keys/values reused by every row (a
+# transformers Cache, explicit position ids after it); the test checks this table against every tiny model.
+PREFIX_SHARING_MODEL_TYPES = ("llama", "mistral", "qwen2", "gptj", "gpt_neox", "bloom", "opt", "gpt2")
+MIN_SHARED_PREFIX = 4  # tokens; below this, a second forward pass costs more than it saves
 
 
 @dataclass
@@ -134,11 +138,13 @@ def _shifted(labels: list[int]) -> list[int]:
 class PaddedCollator:
     """Right-pads a micro-batch to its longest example: input_ids, attention_mask, labels, shift_labels.
 
-    Right padding keeps every example's positions at 0..n-1 without computing position ids.
+    Right padding keeps every example's positions at 0..n-1 without computing position ids. With `share_prefix`,
+    `prefix_len` is the number of leading tokens that every row shares (the template's header, ~24 tokens on
+    LLM-Adapters data), leaving each row at least one token of its own; 0 when not worth a second pass.
     """
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    def __init__(self, pad_token_id: int, share_prefix: bool = False):
+        self.pad_token_id, self.share_prefix = pad_token_id, share_prefix
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(f["input_ids"]) for f in features)
@@ -154,7 +160,20 @@ class PaddedCollator:
             batch["attention_mask"][row, :n] = 1
             batch["labels"][row, :n] = torch.tensor(f["labels"])
             batch["shift_labels"][row, :n] = torch.tensor(_shifted(f["labels"]))
+        if self.share_prefix:
+            batch["prefix_len"] = shared_prefix_length([f["input_ids"] for f in features])
         return batch
+
+
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """Leading tokens common to every row, at most the shortest row's length - 1; 0 if one row or too short."""
+    if len(rows) < 2:
+        return 0
+    limit, first = min(len(r) for r in rows) - 1, rows[0]
+    length = 0
+    while length < limit and all(r[length] == first[length] for r in rows):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
 
 
 class PackedCollator:
