@@ -119,7 +119,8 @@ def _score_batch(model: Any, tokenizer: Any, task: Task, records: list[dict[str,
     if _logliks(task, settings.scoring):
         # The continuation the models are trained to produce: "the correct answer is <label>".
         pairs = [(p, f"the correct answer is {label}") for p in batch_prompts for label in task.labels]
-        scores = continuation_logliks(model, tokenizer, pairs, batch_size=settings.config.batch_size,
+        # Full-vocabulary logits for every position: 8 rows of ~150 tokens are ~250 MB with a 49k vocabulary.
+        scores = continuation_logliks(model, tokenizer, pairs, batch_size=min(8, settings.config.batch_size),
                                       add_special_tokens=add_special)
         for k, result in enumerate(results):
             row = scores[k * len(task.labels):(k + 1) * len(task.labels)]
