@@ -129,6 +129,15 @@ def records_for(n: int) -> list[dict]:
     return [p.record() for p in generate_problems(SyntheticOptions(n=n, seed=0, split="train"))]
 
 
+def peak_rss_gib() -> float:
+    """This process's RSS high-water mark. (Not ru_maxrss: a child forked from a large parent inherits the
+    parent's mark across exec.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2 ** 20  # KiB -> GiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
 def peak_rss_child(name: str, examples: int) -> float:
     """Peak RSS (GB) of a fresh process that loads the model and trains pipeline `name` on `examples` records."""
     result = subprocess.run([sys.executable, __file__, "--memory-child", name, "--examples-per-round", str(examples)],
@@ -148,7 +157,7 @@ def main() -> None:
 
     if args.memory_child:
         make_pipeline(args.memory_child, workdir).train(records_for(args.examples_per_round))
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)  # KiB -> GiB
+        print(peak_rss_gib())
         return
 
     records = records_for(args.rounds * args.examples_per_round)
@@ -190,8 +199,7 @@ def main() -> None:
     print(f"(a) model FLOP/s: {flops_per_token * speed['a'] / 1e9:.1f} GFLOP/s = "
           f"{100 * flops_per_token * speed['a'] / machine:.0f} % of the matmul rate "
           f"({flops_per_token / 1e6:.0f} MFLOP per token; logits at {100 * kept:.0f} % of tokens)")
-    print(f"peak RSS of this process (all three pipelines loaded): "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB")
+    print(f"peak RSS of this process (all three pipelines loaded): {peak_rss_gib():.2f} GiB")
     if not args.no_memory:
         for name in ("b", "a"):
             print(f"peak RSS, ({name}) alone in a fresh process, {args.examples_per_round} records: "
