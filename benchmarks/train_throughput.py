@@ -1,11 +1,15 @@
 """Training throughput: our `finetune` pipeline against the original recipe on plain transformers + PEFT.
 
-    .venv/bin/python benchmarks/train_throughput.py              # ~6 minutes on 2 CPU cores
-    .venv/bin/python benchmarks/train_throughput.py --rounds 2 --no-memory   # a quick look
+    .venv/bin/python benchmarks/train_throughput.py                    # commonsense data, ~12 min on 2 CPU cores
+    .venv/bin/python benchmarks/train_throughput.py --data math        # Math10K-style data
+    .venv/bin/python benchmarks/train_throughput.py --data synthetic --rounds 2 --no-memory   # a quick look
 
 Both train the embedded SmolLM2-135M with the paper's LoRA (r 32, alpha 64, dropout 0.05 on q/k/v/up/down),
-global batch 16, micro-batch 4, fp32, AdamW, on the same seeded synthetic word problems in the original training
-template, in one process:
+global batch 16, micro-batch 4, fp32, AdamW, on the same records in the original training template, in one
+process. `--data` picks the records: `commonsense` (the Commonsense170K recipe of `data build commonsense`, up to
+100 per task, shuffled: short prompts, a label as the response), `math` (`data build math`: GSM8K, MAWPS, AQuA
+rationales, lengths vary most) or `synthetic` (the demo's word problems: uniform lengths, the least padding).
+The two data builders read `--data-dir` (default ../shared/datasets/llm-adapters).
   (a) ours: `make_trainer` of llm_adapters.train (length-grouped micro-batches, right padding, logits only at
       label positions, loss on the response);
   (b) the original recipe rebuilt: `get_peft_model` + Trainer, the full text tokenised at once with labels = ids
@@ -13,7 +17,7 @@ template, in one process:
       to its longest (left padding, as the original), no length grouping.
   (a') ours with --train-on-inputs, the same loss as (b): the gain from batching alone.
 Timings on a shared machine drift and jump when other work starts, so the pipelines alternate on disjoint
-subsets of one optimiser step each (b a a' | a' a b | ...): the totals are summed over the rounds, and the
+subsets of a few optimiser steps each (b a a' | a' a b | ...; (a) groups lengths within each subset): the totals are summed over the rounds, and the
 ratio is also given as the median of the per-round ratios, which one disturbed round cannot move. Tokens/s counts real tokens only (no padding). Peak RSS of each pipeline is
 measured in a child process of its own (the RSS high-water mark of one process cannot be split between phases).
 The FLOP/s fraction divides (a)'s model FLOP/s (frozen base: 4 x body parameters per token, forward and input
@@ -37,6 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from llm_adapters.data.build_commonsense import CommonsenseOptions, build_commonsense  # noqa: E402
+from llm_adapters.data.build_math import MathOptions, build_math  # noqa: E402
 from llm_adapters.data.build_synthetic import SyntheticOptions, generate_problems  # noqa: E402
 from llm_adapters.data.templates import build_training_text  # noqa: E402
 from llm_adapters.methods import attach, count_parameters  # noqa: E402
@@ -45,6 +51,7 @@ from llm_adapters.train import make_trainer  # noqa: E402
 from llm_adapters.train_config import load_config  # noqa: E402
 from llm_adapters.train_data import encode_records  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = {"a": "ours", "a'": "ours, loss on all tokens", "b": "original recipe"}
 
 
@@ -127,8 +134,15 @@ def make_pipeline(name: str, workdir: Path):
     return Original(workdir / "b") if name == "b" else Ours(name == "a'", workdir / name)
 
 
-def records_for(n: int) -> list[dict]:
-    return [p.record() for p in generate_problems(SyntheticOptions(n=n, seed=0, split="train"))]
+def records_for(data: str, n: int, data_dir: str) -> list[dict]:
+    if data == "synthetic":
+        return [p.record() for p in generate_problems(SyntheticOptions(n=n, seed=0, split="train"))]
+    build, options = ((build_commonsense, CommonsenseOptions(max_per_task=100, data_dir=data_dir))
+                      if data == "commonsense" else (build_math, MathOptions(max_per_source=400, data_dir=data_dir)))
+    records = build(options).records
+    if len(records) < n:
+        raise SystemExit(f"--data {data}: {len(records)} records built, {n} needed (--rounds x --examples-per-round)")
+    return records[:n]
 
 
 def peak_rss_gib() -> float:
@@ -140,17 +154,22 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def peak_rss_child(name: str, examples: int) -> float:
+def peak_rss_child(name: str, examples: int, data: str, data_dir: str) -> float:
     """Peak RSS (GB) of a fresh process that loads the model and trains pipeline `name` on `examples` records."""
-    result = subprocess.run([sys.executable, __file__, "--memory-child", name, "--examples-per-round", str(examples)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, __file__, "--memory-child", name, "--examples-per-round", str(examples),
+                             "--data", data, "--data-dir", data_dir], capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=6, help="alternations of the pipelines (default: 6)")
-    parser.add_argument("--examples-per-round", type=int, default=16, help="records per pipeline per round")
+    parser.add_argument("--data", choices=("commonsense", "math", "synthetic"), default="commonsense",
+                        help="training records (default: commonsense)")
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "llm-adapters"),
+                        help="LLM-Adapters data folder, for --data commonsense / math")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the pipelines (default: 3)")
+    parser.add_argument("--examples-per-round", type=int, default=64,
+                        help="records per pipeline per round, a multiple of 16 (default: 64)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
     parser.add_argument("--memory-child", choices=sorted(PIPELINES), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,11 +177,11 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="train-throughput-"))
 
     if args.memory_child:
-        make_pipeline(args.memory_child, workdir).train(records_for(args.examples_per_round))
+        make_pipeline(args.memory_child, workdir).train(records_for(args.data, args.examples_per_round, args.data_dir))
         print(peak_rss_gib())
         return
 
-    records = records_for(args.rounds * args.examples_per_round)
+    records = records_for(args.data, args.rounds * args.examples_per_round, args.data_dir)
     pipelines = {name: make_pipeline(name, workdir) for name in ("b", "a", "a'")}
     totals = {name: [0, 0.0] for name in pipelines}
     per_round: dict[str, list[float]] = {name: [] for name in pipelines}  # tokens/s
@@ -189,7 +208,7 @@ def main() -> None:
     flops_per_token = 4 * body + 6 * counts["trainable"] + 4 * head * kept
     machine = statistics.median(flops)
 
-    print(f"\n{args.rounds} rounds x {args.examples_per_round} records, global batch 16, micro-batch 4, fp32, "
+    print(f"\n--data {args.data}: {args.rounds} rounds x {args.examples_per_round} records, global batch 16, micro-batch 4, fp32, "
           f"{torch.get_num_threads()} threads")
     print("| pipeline | real tokens | seconds | tokens/s | vs (b) |")
     print("|---|---|---|---|---|")
@@ -211,7 +230,7 @@ def main() -> None:
     if not args.no_memory:
         for name in ("b", "a"):
             print(f"peak RSS, ({name}) alone in a fresh process, {args.examples_per_round} records: "
-                  f"{peak_rss_child(name, args.examples_per_round):.2f} GiB", flush=True)
+                  f"{peak_rss_child(name, args.examples_per_round, args.data, args.data_dir):.2f} GiB", flush=True)
     print(json.dumps({"tokens_per_s": speed, "ratio_a_b": speed["a"] / speed["b"], "median_ratio": median_ratio,
                       "matmul_gflops": machine / 1e9}))
 
