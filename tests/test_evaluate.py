@@ -220,6 +220,19 @@ def test_evaluate_command_with_a_lora_adapter_matches_in_memory_model(tmp_path: 
     assert summary["adapter"] == str(tmp_path / "adapter")
 
 
+def test_evaluate_command_without_progress_bars_logs_one_line_per_task(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["evaluate", "--base-model", "tiny-llama", "--tasks", "boolq,piqa", "--limit", "3", "--max-new-tokens",
+            "4", "--data-dir", str(SHARED), "--no-progress", "--output-dir", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    for task in ("boolq", "piqa"):
+        summary = json.loads((tmp_path / task / "summary.json").read_text())
+        assert (f"{task}: 3 examples, generate accuracy {100 * summary['accuracy']:.1f} %, "
+                f"{summary['seconds']:.1f} s\n") in out.out
+    assert "ex/s]" not in out.err  # no tqdm bar
+
+
 def test_evaluate_command_unknown_task_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--base-model", "tiny-llama", "--tasks", "gsm9k"]) == 2
     assert "unknown task 'gsm9k'; accepted tasks: multiarith" in capsys.readouterr().err

@@ -197,6 +197,9 @@ def _evaluate_task(model: Any, tokenizer: Any, task_data: TaskData, output_dir: 
     log.rewrite_sorted(done)
     summary = _summary(task_data, done, settings, run)
     write_json_atomic(folder / "summary.json", summary)
+    if not progress:  # one line per task instead of the bar, for logs
+        print(f"{task.name}: {summary['n']} examples, {summary['metric']} accuracy {100 * summary['accuracy']:.1f} %, "
+              f"{summary['seconds']:.1f} s", flush=True)
     return summary
 
 
