@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from shared_data import missing_message
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 # Tests never reach a hub: fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,3 +21,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k have deselected
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One clear error instead of dozens of failures when the shared benchmark files are not where expected."""
+    message = missing_message()
+    if message and any(item.get_closest_marker("shared_data") for item in items):
+        raise pytest.UsageError(message)

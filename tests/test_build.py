@@ -36,10 +36,10 @@ from llm_adapters.data.build_synthetic import (
 from llm_adapters.data.io import ENV_DATA, sha256_file
 from llm_adapters.data.overlap import match_tasks
 from llm_adapters.data.tasks import GROUPS, TASKS, resolve_tasks
+from shared_data import LLM_ADAPTERS_DATA, SHARED_DATASETS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-DATA = SHARED / "llm-adapters"
-needs_data = pytest.mark.skipif(not (DATA / "dataset").is_dir(), reason=f"shared data not found at {SHARED}")
+SHARED, DATA = SHARED_DATASETS, LLM_ADAPTERS_DATA
+needs_data = pytest.mark.shared_data
 MATH_OUTPUT = re.compile(r"^\n(A|Rationale): .+ The answer is (\S+)\.$", re.S)
 
 
@@ -116,8 +116,6 @@ def test_hellaswag_instruction_follows_the_documented_template() -> None:
 
 @pytest.fixture(scope="module")
 def commonsense() -> object:
-    if not (DATA / "dataset").is_dir():
-        pytest.skip("shared data not found")
     options = CommonsenseOptions(max_per_task=200, winogrande_size="m", data_dir=str(SHARED))
     return build_commonsense(options)
 

@@ -23,8 +23,10 @@ from llm_adapters.data.io import (
     validate_answers,
 )
 from llm_adapters.data.tasks import TASKS
+from shared_data import LLM_ADAPTERS_DATA
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "llm-adapters"
+SHARED = LLM_ADAPTERS_DATA
+pytestmark = pytest.mark.shared_data
 PRESENT = [name for name, task in TASKS.items() if (SHARED / task.relpath).is_file()]
 
 

@@ -18,9 +18,11 @@ from llm_adapters.data.tasks import TASKS
 from llm_adapters.eval import PredictionLog, evaluate_tasks, wilson_interval
 from llm_adapters.eval.extract import extract_answer
 from llm_adapters.models import load_model
+from shared_data import LLM_ADAPTERS_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets" / "llm-adapters"
+SHARED = LLM_ADAPTERS_DATA
+pytestmark = pytest.mark.shared_data
 FAST = dict(max_new_tokens=6, progress=False)
 
 

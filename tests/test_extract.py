@@ -9,8 +9,10 @@ import pytest
 
 from llm_adapters.data.tasks import TASKS
 from llm_adapters.eval.extract import answer_complete, extract_answer, is_correct, loop_end
+from shared_data import LLM_ADAPTERS_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "llm-adapters"
+DATA = LLM_ADAPTERS_DATA
+pytestmark = pytest.mark.shared_data
 BOOLQ = TASKS["boolq"].labels
 NUMBERED = ("answer1", "answer2", "answer3", "answer4", "answer5")
 

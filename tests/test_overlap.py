@@ -10,10 +10,10 @@ from llm_adapters.cli import main
 from llm_adapters.data.io import ENV_DATA
 from llm_adapters.data.overlap import check_overlap, normalise
 from llm_adapters.data.tasks import TASKS
+from shared_data import LLM_ADAPTERS_DATA, SHARED_DATASETS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-DATA = SHARED / "llm-adapters"
-pytestmark = pytest.mark.skipif(not (DATA / "dataset").is_dir(), reason=f"shared data not found at {SHARED}")
+SHARED, DATA = SHARED_DATASETS, LLM_ADAPTERS_DATA
+pytestmark = pytest.mark.shared_data
 PLANTED_AT = (1, 4, 6)
 
 
