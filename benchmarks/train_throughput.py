@@ -16,9 +16,11 @@ The two data builders read `--data-dir` (default ../shared/datasets/llm-adapters
       (loss on every token, the original's default), DataCollatorForSeq2Seq padding each random micro-batch of 4
       to its longest (left padding, as the original), no length grouping.
   (a') ours with --train-on-inputs, the same loss as (b): the gain from batching alone.
+`--batching packed` makes (a) and (a') pack each micro-batch into one row instead of grouping lengths.
 Timings on a shared machine drift and jump when other work starts, so the pipelines alternate on disjoint
-subsets of a few optimiser steps each (b a a' | a' a b | ...; (a) groups lengths within each subset): the totals are summed over the rounds, and the
-ratio is also given as the median of the per-round ratios, which one disturbed round cannot move. Tokens/s counts real tokens only (no padding). Peak RSS of each pipeline is
+subsets of a few optimiser steps each (b a a' | a' a b | ...; (a) groups lengths within each subset): the
+totals are summed over the rounds, and the ratio is also given as the median of the per-round ratios, which
+one disturbed round cannot move. Tokens/s counts real tokens only (no padding). Peak RSS of each pipeline is
 measured in a child process of its own (the RSS high-water mark of one process cannot be split between phases).
 The FLOP/s fraction divides (a)'s model FLOP/s (frozen base: 4 x body parameters per token, forward and input
 gradient; 4 x LM-head parameters per token where logits are computed; 6 x LoRA parameters per token; attention
@@ -67,10 +69,10 @@ def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
 class Ours:
     """Pipeline (a) or (a'): the pieces `finetune` uses, on a subset of records at a time."""
 
-    def __init__(self, train_on_inputs: bool, workdir: Path):
+    def __init__(self, train_on_inputs: bool, workdir: Path, batching: str):
         self.config = load_config(base_model=EMBEDDED, adapter="paper-lora", data="unused", template="original",
                                   output_dir=str(workdir), num_epochs=1, batch_size=16, micro_batch_size=4,
-                                  warmup_steps=0,
+                                  warmup_steps=0, batching=batching,
                                   train_on_inputs=train_on_inputs, save_steps=10_000, logging_steps=1000)
         model, self.tokenizer = load_model(EMBEDDED)
         model.config.use_cache = False
@@ -130,8 +132,8 @@ class Original:
         return sum(len(e["input_ids"]) for e in examples), time.perf_counter() - start
 
 
-def make_pipeline(name: str, workdir: Path):
-    return Original(workdir / "b") if name == "b" else Ours(name == "a'", workdir / name)
+def make_pipeline(name: str, workdir: Path, batching: str):
+    return Original(workdir / "b") if name == "b" else Ours(name == "a'", workdir / name, batching)
 
 
 def records_for(data: str, n: int, data_dir: str) -> list[dict]:
@@ -154,10 +156,11 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def peak_rss_child(name: str, examples: int, data: str, data_dir: str) -> float:
+def peak_rss_child(name: str, examples: int, data: str, data_dir: str, batching: str) -> float:
     """Peak RSS (GB) of a fresh process that loads the model and trains pipeline `name` on `examples` records."""
     result = subprocess.run([sys.executable, __file__, "--memory-child", name, "--examples-per-round", str(examples),
-                             "--data", data, "--data-dir", data_dir], capture_output=True, text=True, check=True)
+                             "--data", data, "--data-dir", data_dir, "--batching", batching],
+                            capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
 
 
@@ -167,6 +170,8 @@ def main() -> None:
                         help="training records (default: commonsense)")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "llm-adapters"),
                         help="LLM-Adapters data folder, for --data commonsense / math")
+    parser.add_argument("--batching", choices=("length", "packed"), default="length",
+                        help="batching of (a) and (a'), as finetune --batching (default: length)")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the pipelines (default: 3)")
     parser.add_argument("--examples-per-round", type=int, default=64,
                         help="records per pipeline per round, a multiple of 16 (default: 64)")
@@ -177,12 +182,13 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="train-throughput-"))
 
     if args.memory_child:
-        make_pipeline(args.memory_child, workdir).train(records_for(args.data, args.examples_per_round, args.data_dir))
+        records = records_for(args.data, args.examples_per_round, args.data_dir)
+        make_pipeline(args.memory_child, workdir, args.batching).train(records)
         print(peak_rss_gib())
         return
 
     records = records_for(args.data, args.rounds * args.examples_per_round, args.data_dir)
-    pipelines = {name: make_pipeline(name, workdir) for name in ("b", "a", "a'")}
+    pipelines = {name: make_pipeline(name, workdir, args.batching) for name in ("b", "a", "a'")}
     totals = {name: [0, 0.0] for name in pipelines}
     per_round: dict[str, list[float]] = {name: [] for name in pipelines}  # tokens/s
     flops = [matmul_flops()]
@@ -208,7 +214,8 @@ def main() -> None:
     flops_per_token = 4 * body + 6 * counts["trainable"] + 4 * head * kept
     machine = statistics.median(flops)
 
-    print(f"\n--data {args.data}: {args.rounds} rounds x {args.examples_per_round} records, global batch 16, micro-batch 4, fp32, "
+    print(f"\n--data {args.data}, --batching {args.batching}: {args.rounds} rounds x {args.examples_per_round} "
+          f"records, global batch 16, micro-batch 4, fp32, "
           f"{torch.get_num_threads()} threads")
     print("| pipeline | real tokens | seconds | tokens/s | vs (b) |")
     print("|---|---|---|---|---|")
@@ -230,7 +237,8 @@ def main() -> None:
     if not args.no_memory:
         for name in ("b", "a"):
             print(f"peak RSS, ({name}) alone in a fresh process, {args.examples_per_round} records: "
-                  f"{peak_rss_child(name, args.examples_per_round, args.data, args.data_dir):.2f} GiB", flush=True)
+                  f"{peak_rss_child(name, args.examples_per_round, args.data, args.data_dir, args.batching):.2f} GiB",
+                  flush=True)
     print(json.dumps({"tokens_per_s": speed, "ratio_a_b": speed["a"] / speed["b"], "median_ratio": median_ratio,
                       "matmul_gflops": machine / 1e9}))
 

@@ -1,6 +1,7 @@
 """`llm-adapters <command>`: thin. Each command parses and validates its flags, then calls one module function.
 
-Heavy imports (torch, transformers) wait until inside the command, so `--help` is instant.
+Command modules are imported inside the command that needs them. The package root itself imports PEFT (and so
+torch and transformers) to register the bottleneck method, which costs `--help` a few seconds.
 """
 from __future__ import annotations
 
