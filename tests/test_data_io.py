@@ -4,8 +4,8 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import sys
 import shutil
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator

@@ -22,11 +22,10 @@ from shared_data import LLM_ADAPTERS_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = LLM_ADAPTERS_DATA
-pytestmark = pytest.mark.shared_data
 FAST = dict(max_new_tokens=6, progress=False)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.shared_data, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 
 from llm_adapters.cli import make_parser
 from llm_adapters.data.templates import build_training_text
+from llm_adapters.methods import attach
 from llm_adapters.methods.spec import PROMPT_LEARNING
 from llm_adapters.models import TINY_MODELS, byte_tokenizer, load_model
 from llm_adapters.train import finetune, token_loss_sum
 from llm_adapters.train_config import FIELDS, FinetuneConfig, config_from_args, load_config
-from llm_adapters.methods import attach
 from llm_adapters.train_data import (IGNORE, PACKING_MODEL_TYPES, PREFIX_SHARING_MODEL_TYPES, PackedCollator,
                                      PaddedCollator, SeededSampler, encode_example, encode_records,
                                      shared_prefix_length)
@@ -40,14 +40,7 @@ TINY_RUN = dict(base_model="tiny-llama", adapter={"method": "lora", "r": 4, "alp
                 max_steps=4, logging_steps=1, save_steps=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine threads that wait for each other
-    slow every small op down several times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -181,7 +174,8 @@ def test_shared_prefix_gives_the_plain_loss_and_gradients_on_listed_architecture
     torch.manual_seed(0)
     with torch.no_grad():  # B is zero at init: move it so that the adapter matters
         for parameter in peft_model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.1) if parameter.requires_grad else None
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
     examples = encode_records(RECORDS[:4], tokenizer, **{**ENCODE, "train_on_inputs": train_on_inputs})[0]
     batch = PaddedCollator(tokenizer.pad_token_id, share_prefix=True)(examples)
     prefix_len = batch.pop("prefix_len")
