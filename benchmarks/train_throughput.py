@@ -178,7 +178,6 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
     parser.add_argument("--memory-child", choices=sorted(PIPELINES), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     workdir = Path(tempfile.mkdtemp(prefix="train-throughput-"))
 
     if args.memory_child:
