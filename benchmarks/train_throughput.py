@@ -10,7 +10,7 @@ process. `--data` picks the records: `commonsense` (the Commonsense170K recipe o
 100 per task, shuffled: short prompts, a label as the response), `math` (`data build math`: GSM8K, MAWPS, AQuA
 rationales, lengths vary most) or `synthetic` (the demo's word problems: uniform lengths, the least padding).
 The two data builders read `--data-dir` (default ../shared/datasets/llm-adapters).
-  (a) ours: `make_trainer` of llm_adapters.train (length-grouped micro-batches, right padding, logits only at
+  (a) ours: `make_trainer` of llm_adapters.train.trainer (length-grouped micro-batches, right padding, logits only at
       label positions, loss on the response);
   (b) the original recipe rebuilt: `get_peft_model` + Trainer, the full text tokenised at once with labels = ids
       (loss on every token, the original's default), DataCollatorForSeq2Seq padding each random micro-batch of 4
@@ -43,15 +43,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from llm_adapters.data.build_commonsense import CommonsenseOptions, build_commonsense  # noqa: E402
-from llm_adapters.data.build_math import MathOptions, build_math  # noqa: E402
-from llm_adapters.data.build_synthetic import SyntheticOptions, generate_problems  # noqa: E402
+from llm_adapters.data.builders.commonsense import CommonsenseOptions, build_commonsense  # noqa: E402
+from llm_adapters.data.builders.math import MathOptions, build_math  # noqa: E402
+from llm_adapters.data.builders.synthetic import SyntheticOptions, generate_problems  # noqa: E402
 from llm_adapters.data.templates import build_training_text  # noqa: E402
 from llm_adapters.methods import attach, count_parameters  # noqa: E402
 from llm_adapters.models import EMBEDDED, load_model  # noqa: E402
-from llm_adapters.train import make_trainer  # noqa: E402
-from llm_adapters.train_config import load_config  # noqa: E402
-from llm_adapters.train_data import encode_records  # noqa: E402
+from llm_adapters.train.trainer import make_trainer  # noqa: E402
+from llm_adapters.train import load_config  # noqa: E402
+from llm_adapters.train.batches import encode_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = {"a": "ours", "a'": "ours, loss on all tokens", "b": "original recipe"}

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from llm_adapters.cli import main
-from llm_adapters.data.build import output_paths, resolve_layout_dir
-from llm_adapters.data.build_commonsense import (
+from llm_adapters.data.builders.base import output_paths
+from llm_adapters.data.io import resolve_layout_dir
+from llm_adapters.data.builders.commonsense import (
     BOOLQ_HEADER,
     FORMATS,
     CommonsenseOptions,
@@ -20,14 +21,14 @@ from llm_adapters.data.build_commonsense import (
     choice_instruction,
     label_record,
 )
-from llm_adapters.data.build_math import (
+from llm_adapters.data.builders.math import (
     MathOptions,
     aqua_instruction,
     build_math,
     equation_rationale,
     gsm8k_record,
 )
-from llm_adapters.data.build_synthetic import (
+from llm_adapters.data.builders.synthetic import (
     SyntheticOptions,
     build_synthetic_arithmetic,
     generate_problems,
@@ -291,7 +292,8 @@ def test_builder_writes_data_and_sidecar_and_refuses_to_overwrite(tmp_path: Path
     assert result.paths == (data, sidecar) and json.loads(data.read_text()) == result.records
     provenance = json.loads(sidecar.read_text())
     assert provenance["output"]["sha256"] == sha256_file(data) and provenance["arguments"]["n"] == 20
-    assert {"builder", "seed", "package_version", "created", "sources"} <= set(provenance)
+    assert {"builder", "seed", "sources", "provenance"} <= set(provenance)
+    assert {"versions", "git_commit", "machine", "created"} <= set(provenance["provenance"])
     assert sorted(p.name for p in data.parent.iterdir()) == ["syn.json", "syn.provenance.json"]  # no temp files
     with pytest.raises(FileExistsError, match="--overwrite"):
         build_synthetic_arithmetic(SyntheticOptions(n=20), out)

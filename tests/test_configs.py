@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_adapters.train_config import load_config
+from llm_adapters.train import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(CONFIGS.rglob("*.yaml"))

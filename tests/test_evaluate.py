@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 import torch
+import transformers
 
 from llm_adapters.cli import main
 from llm_adapters.data.tasks import TASKS
 from llm_adapters.eval import PredictionLog, evaluate_tasks, wilson_interval
+from llm_adapters.files import sha256_file
 from llm_adapters.eval.extract import extract_answer
 from llm_adapters.models import load_model
 from shared_data import LLM_ADAPTERS_DATA
@@ -68,7 +70,7 @@ def test_prediction_log_damaged_middle_line_raises(tmp_path: Path) -> None:
 
 def test_evaluate_tasks_writes_predictions_summary_and_table(tiny: tuple[Any, Any], tmp_path: Path) -> None:
     model, tokenizer = tiny
-    result = evaluate_tasks(model, tokenizer, "boolq,aqua", SHARED, tmp_path, limit=5, model_name="tiny-llama",
+    result = evaluate_tasks(model, tokenizer, "boolq,aqua", SHARED, tmp_path, limit=5, base_model="tiny-llama",
                             **FAST)
     for name in ("boolq", "aqua"):
         records = _records(tmp_path / name)
@@ -77,9 +79,14 @@ def test_evaluate_tasks_writes_predictions_summary_and_table(tiny: tuple[Any, An
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary == result["tasks"][name]
         assert summary["n"] == 5 and summary["model"] == "tiny-llama" and summary["adapter"] is None
-        assert summary["data"]["sha256"] and summary["versions"]["transformers"]
-        assert summary["decoding"]["max_new_tokens"] == 6 and summary["tokens_generated"] > 0
-        assert summary["ci95"] == list(wilson_interval(summary["correct"], 5))
+        assert summary["data"]["sha256"] == sha256_file(SHARED / TASKS[name].relpath)
+        assert summary["provenance"]["versions"]["transformers"] == transformers.__version__
+        assert (summary["provenance"]["device"], summary["provenance"]["dtype"]) == ("cpu", "float32")
+        assert summary["decoding"]["max_new_tokens"] == 6
+        assert summary["tokens_generated"] == sum(r["n_tokens"] for r in records)
+        assert summary["correct"] == sum(r["correct"] for r in records)  # from the file, not the summary code
+        low, high = summary["ci95"]
+        assert 0 <= low <= summary["accuracy"] <= high <= 1 and high - low > 0.2  # n = 5 is a wide interval
     assert (tmp_path / "results.md").read_text() == result["table"]
     assert result["table"].count("\n| boolq | 5 |") == 1
 
@@ -165,7 +172,8 @@ def test_evaluate_tasks_bad_data_names_file_record_and_field(tiny: tuple[Any, An
 def test_evaluate_tasks_other_run_in_output_dir_needs_overwrite(tiny: tuple[Any, Any], tmp_path: Path) -> None:
     model, tokenizer = tiny
     evaluate_tasks(model, tokenizer, "obqa", SHARED, tmp_path, limit=2, **FAST)
-    with pytest.raises(ValueError, match=r"holds results of another run \(template: 'original' -> 'alpaca'\)"):
+    with pytest.raises(ValueError, match=r"holds results of another run with other settings or inputs "
+                                         r"\(template: 'original' -> 'alpaca'\); choose another --output-dir"):
         evaluate_tasks(model, tokenizer, "obqa", SHARED, tmp_path, limit=2, template="alpaca", **FAST)
     result = evaluate_tasks(model, tokenizer, "obqa", SHARED, tmp_path, limit=2, template="alpaca", overwrite=True,
                             **FAST)
@@ -200,7 +208,9 @@ def test_evaluate_tasks_original_rules_apply_to_predictions(tiny: tuple[Any, Any
     result = evaluate_tasks(model, tokenizer, "aqua", SHARED, tmp_path, limit=4, rules="original", **FAST)
     for record in _records(tmp_path / "aqua"):
         assert record["prediction"] == extract_answer("aqua", record["generation"], rules="original")
-    assert result["tasks"]["aqua"]["accuracy"] == result["tasks"]["aqua"]["accuracy_by_rules"]["original"]
+    by_rules = result["tasks"]["aqua"]["accuracy_by_rules"]
+    assert result["tasks"]["aqua"]["accuracy"] == by_rules["original"]["accuracy"]
+    assert by_rules["original"]["text"] == by_rules["default"]["text"] == "the full generation"
 
 
 def test_evaluate_command_with_a_lora_adapter_matches_in_memory_model(tmp_path: Path) -> None:

@@ -72,15 +72,31 @@ def test_generate_batch_batched_equals_one_by_one(name: str, task: str) -> None:
     assert all(0 < g.n_tokens <= 12 for g in batched)
 
 
+def _perturb(model: Any, scale: float = 0.5) -> None:
+    """Move every trainable weight off its initial value (LoRA B, bottleneck up and IA3 vectors start at the
+    identity): otherwise half the methods would be the base model again."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_generate_batch_every_adapter_method_batched_equals_one_by_one(method: str) -> None:
     model, tokenizer = load_model("tiny-llama")
-    peft_model = attach(model, method)
+    batch = tokenizer(PROMPTS[:3], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        base_logits = model(**batch).logits[:, -1]
+    peft_model = attach(model, {"method": method, "r": 4, "bottleneck_size": 8, "num_virtual_tokens": 3})
+    _perturb(peft_model)
     peft_model.train()  # generate_batch must switch dropout off itself
     config = DecodeConfig(max_new_tokens=8)
     batched = generate_batch(peft_model, tokenizer, PROMPTS[:3], TASKS["boolq"], config)
     assert not peft_model.training
     assert batched == _one_by_one(peft_model, tokenizer, PROMPTS[:3], "boolq", config)
+    with torch.no_grad():  # the perturbed adapter changes the model: the comparison is not one of the base
+        assert not torch.allclose(peft_model(**batch).logits[:, -1], base_logits, atol=1e-3)
 
 
 @pytest.mark.parametrize("task", ["gsm8k", "boolq"])
@@ -101,6 +117,18 @@ def test_generate_batch_stop_rules_cut_after_the_answer_and_keep_it(scripted: tu
         assert fast[-1].text == " So true "
 
 
+def test_generate_batch_original_rules_get_the_full_generation(scripted: tuple[Any, Any]) -> None:
+    """The original rules read the whole response (its last number): under them the stop rule must not cut it."""
+    model, tokenizer = scripted
+    prompts = [prompt for prompt, _ in SCRIPT[:8]]
+    config = DecodeConfig.for_protocol("fast", max_new_tokens=60, rules="original")
+    assert not config.stop_rules and DecodeConfig.for_protocol("fast").stop_rules
+    full = generate_batch(model, tokenizer, prompts, TASKS["gsm8k"], config)
+    assert [g.text for g in full] == [response for _, response in SCRIPT[:8]]
+    # "... The answer is 5. Next 7 items": the original rules read 7 in the full text, 5 in a cut one.
+    assert extract_answer("gsm8k", full[1].text, rules="original") == 7.0
+
+
 def test_generate_batch_original_protocol_beam_search_batched_equals_one_by_one() -> None:
     model, tokenizer = load_model("tiny-qwen2")
     config = DecodeConfig.for_protocol("original", batch_size=4, max_new_tokens=6)
@@ -109,15 +137,31 @@ def test_generate_batch_original_protocol_beam_search_batched_equals_one_by_one(
     assert batched == _one_by_one(model, tokenizer, PROMPTS[:4], "gsm8k", config)
 
 
-def test_answer_stop_returns_one_flag_per_row_and_remembers_where() -> None:
+def test_answer_stop_counts_new_tokens_from_its_first_call_whatever_comes_before() -> None:
+    """Called as `generate` calls it, once per new token: what precedes the first new token (padding, a
+    prompt-learning adapter's virtual-token placeholders) is never read as output."""
     _, tokenizer = load_model("tiny-llama")
-    rows = ["xx", "x"]
-    prompt = tokenizer(rows, return_tensors="pt", padding=True)["input_ids"]
-    stop = AnswerStop(tokenizer, TASKS["boolq"], prompt.shape[1])
-    new = tokenizer(["true ", "maybe"], return_tensors="pt", padding=True)["input_ids"]
-    flags = stop(torch.cat([prompt, new], dim=1), None)
-    assert flags.dtype == torch.bool and flags.tolist() == [True, False]
-    assert stop.stopped_at == {0: new.shape[1]}
+    # The prompts end in "true" (an answer label): read as output, they would stop both rows at once.
+    prefix = tokenizer(["<s>" * 10 + "the answer is true", "true"], return_tensors="pt", padding=True)["input_ids"]
+    new = torch.tensor(tokenizer([" true ", "maybe "], add_special_tokens=False)["input_ids"])  # a byte a token
+    stop = AnswerStop(tokenizer, TASKS["boolq"])
+    flags = [stop(torch.cat([prefix, new[:, :k]], dim=1), None).tolist() for k in range(1, new.shape[1] + 1)]
+    assert flags[:5] == [[False, False]] * 5  # " true" is not a whole word until the space after it
+    assert flags[5] == [True, False] and stop.stopped_at == {0: 6}
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt", "ptuning"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_generate_batch_original_protocol_with_prompt_learning_batched_equals_one_by_one(method: str,
+                                                                                        batch_size: int) -> None:
+    """4-beam search with prefix tuning: the prefix cache must be repeated for the beams (it crashed)."""
+    model, tokenizer = load_model("tiny-llama")
+    peft_model = attach(model, {"method": method, "num_virtual_tokens": 3}).eval()
+    config = DecodeConfig.for_protocol("original", batch_size=batch_size, max_new_tokens=5)
+    prompts = PROMPTS[:batch_size]
+    batched = generate_batch(peft_model, tokenizer, prompts, TASKS["gsm8k"], config)
+    assert batched == _one_by_one(peft_model, tokenizer, prompts, "gsm8k", config)
+    assert all(g.n_tokens == 5 for g in batched)
 
 
 def test_decode_config_rejects_bad_values_all_at_once() -> None:
@@ -139,12 +183,13 @@ def test_plan_batches_groups_by_length_longest_first() -> None:
 
 
 def _independent_loglik(model: Any, tokenizer: Any, context: str, continuation: str) -> float:
-    """Score one pair alone, unpadded, token by token through the model's own probabilities."""
-    whole = tokenizer(context + continuation)["input_ids"]
-    n_context = len(tokenizer(context)["input_ids"])
+    """Score one pair alone, unpadded, token by token through the model's own probabilities, on the tokens
+    training gives the pair: the prompt with the tokenizer's special tokens, the response apart without them."""
+    context_ids = tokenizer(context)["input_ids"]
+    whole = context_ids + tokenizer(continuation, add_special_tokens=False)["input_ids"]
     logits = model(input_ids=torch.tensor([whole])).logits[0, -len(whole):]
     probabilities = torch.softmax(logits.double(), dim=-1)
-    return sum(float(torch.log(probabilities[t - 1, whole[t]])) for t in range(n_context, len(whole)))
+    return sum(float(torch.log(probabilities[t - 1, whole[t]])) for t in range(len(context_ids), len(whole)))
 
 
 @pytest.mark.parametrize("method", [None, "lora", "prompt", "prefix"])
@@ -161,3 +206,41 @@ def test_continuation_logliks_match_independent_computation_and_pick_argmax(meth
         chunk = scores[start:start + len(labels)]
         best = max(range(len(labels)), key=lambda i: expected[start + i])
         assert chunk.index(max(chunk)) == best
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer() -> Any:
+    from llm_adapters.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+def test_continuation_logliks_tokenise_like_training_with_the_smollm2_tokenizer(smollm2_tokenizer: Any) -> None:
+    """With the original template the prompt ends in 16 spaces: tokenised with the continuation as one text,
+    those spaces merge with its first word, so the continuation's tokens would not be those training saw."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from llm_adapters.data.templates import choice_response
+    from llm_adapters.train.batches import encode_example
+
+    tokenizer = smollm2_tokenizer
+    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    prompt = build_prompt("Please answer the following question with true or false, question: is the sky blue?"
+                          "\n\nAnswer format: true/false")
+    response = choice_response("true")
+    joint = tokenizer(prompt + response)["input_ids"]
+    apart = tokenizer(prompt)["input_ids"] + tokenizer(response, add_special_tokens=False)["input_ids"]
+    assert joint != apart  # the test can tell the two tokenisations apart
+    # Training's tokens for the same (prompt, response), from the training code itself:
+    record = {"instruction": "x", "input": "", "output": response}
+    ids, _, prompt_len, _ = encode_example(record, tokenizer, template="alpaca", cutoff_len=512,
+                                           train_on_inputs=False)
+    assert ids[prompt_len:-1] == tokenizer(response, add_special_tokens=False)["input_ids"]
+    pairs = [(prompt, choice_response(label)) for label in ("true", "false")]
+    with torch.no_grad():
+        expected = [_independent_loglik(model, tokenizer, c, x) for c, x in pairs]
+        scores = continuation_logliks(model, tokenizer, pairs, template="original")
+    assert scores == pytest.approx(expected, abs=1e-4)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_adapters.methods import METHODS, attach, count_parameters
-from llm_adapters.methods.spec import PROMPT_LEARNING
+from llm_adapters.methods import METHODS, attach
 from llm_adapters.models import TINY_MODELS, load_model
 
 SMALL = {"bottleneck_size": 8, "r": 4, "num_virtual_tokens": 3}
-IDENTITY_AT_INIT = [m for m in METHODS if m not in PROMPT_LEARNING]  # prompt learning adds tokens by design
-CELLS = [(arch, method) for arch in TINY_MODELS for method in METHODS]
+IDENTITY_AT_INIT = [m for m in METHODS if not METHODS[m].acts_on_input]  # prompt learning adds tokens by design
+# Every method on every tiny architecture, but those a method says it cannot do (OLoRA on GPT-2's Conv1D).
+CELLS = [(arch, method) for arch in TINY_MODELS for method in METHODS if METHODS[method].conv1d or arch != "tiny-gpt2"]
 PROMPTS = ["Hello there, how", "A", "The quick brown fox jumps"]
 
 
@@ -45,11 +45,10 @@ def test_attach_backward_reaches_only_adapter_parameters(arch, method):
     for name in trainable:
         short = name.replace("base_model.model.", "").replace(".base_layer", "")
         assert short not in base_names, f"base parameter {name} is trainable"
-    counts = count_parameters(peft_model)
-    assert counts["trainable"] == sum(p.numel() for n, p in peft_model.named_parameters() if n in trainable)
 
 
-@pytest.mark.parametrize("arch,method", [(a, m) for a in TINY_MODELS for m in IDENTITY_AT_INIT])
+
+@pytest.mark.parametrize("arch,method", [cell for cell in CELLS if cell[1] in IDENTITY_AT_INIT])
 def test_attach_with_zero_init_keeps_base_logits(arch, method):
     model, tokenizer = load_model(arch)
     batch = _batch(tokenizer)
@@ -101,7 +100,7 @@ def _greedy_by_forward(model, tokenizer, prompt, steps):
 @pytest.mark.parametrize("arch,method", CELLS)
 def test_batched_generation_equals_single_and_reference(arch, method):
     model, tokenizer = load_model(arch)
-    peft_model = attach(model, {"method": method, "init": "paper", **SMALL})
+    peft_model = attach(model, {"method": method, **SMALL})
     _perturb(peft_model)
     peft_model.eval()
     steps = 5
@@ -114,5 +113,12 @@ def test_batched_generation_equals_single_and_reference(arch, method):
         row = peft_model.generate(**one, max_new_tokens=steps, do_sample=False)[0]
         single.append(_strip(tokenizer, row[one["input_ids"].shape[1]:]))
     assert batched == single
-    # And generation uses the adapter as the forward pass does (prefix not dropped, prompts not re-injected).
-    assert single[2] == _greedy_by_forward(peft_model, tokenizer, PROMPTS[2], steps)
+    # And generation uses the adapter as the forward pass does (prefix not dropped, prompts not re-injected),
+    # for every prompt, the padded ones included.
+    assert single == [_greedy_by_forward(peft_model, tokenizer, prompt, steps) for prompt in PROMPTS]
+
+
+def test_attach_olora_on_gpt2_conv1d_is_a_clear_error():
+    model, _ = load_model("tiny-gpt2")
+    with pytest.raises(ValueError, match="method 'olora' does not support GPT-2's Conv1D layers"):
+        attach(model, {"method": "olora", "r": 4})

@@ -47,8 +47,8 @@ def test_params_counts_follow_the_formulas():
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--method", "bogus"], "unknown method 'bogus'; accepted: lora, dora, series, parallel, prefix, prompt, "
-                            "ptuning, ia3"),
+    (["--method", "bogus"], "unknown method 'bogus'; accepted: lora, dora, rslora, pissa, olora, series, "
+                            "parallel, ia3, prefix, prompt, ptuning, or peft:<type> for a PEFT tuner type"),
     (["--method", "lora", "--placement", "everywhere"], "unknown placement 'everywhere'; accepted: attn, mlp, "
                                                         "attn+mlp, or module names of this llama model: "),
     (["--method", "lora", "--placement", "q_proj,w_proj"], "no module named 'w_proj' in this llama model; its "

@@ -18,14 +18,18 @@ from safetensors.torch import load_file
 from llm_adapters.cli import make_parser
 from llm_adapters.data.templates import build_training_text
 from llm_adapters.methods import attach
-from llm_adapters.methods.spec import PROMPT_LEARNING
+from llm_adapters.methods import METHODS
 from llm_adapters.models import TINY_MODELS, byte_tokenizer, load_model
-from llm_adapters.train import finetune, token_loss_sum
-from llm_adapters.train_config import FIELDS, FinetuneConfig, config_from_args, load_config
-from llm_adapters.train_data import (IGNORE, PACKING_MODEL_TYPES, PREFIX_SHARING_MODEL_TYPES, PackedCollator,
+from llm_adapters.train import finetune
+from llm_adapters import __version__, rundir
+from llm_adapters import config as configs
+from llm_adapters.errors import RunMismatchError
+from llm_adapters.files import sha256_file
+from llm_adapters.train.config import FIELDS, FinetuneConfig, load_config
+from llm_adapters.train.batches import (IGNORE, PACKING_MODEL_TYPES, PREFIX_SHARING_MODEL_TYPES, PackedCollator,
                                      PaddedCollator, SeededSampler, encode_example, encode_records,
                                      shared_prefix_length)
-from llm_adapters.train_output import latest_checkpoint
+from llm_adapters.train.trainer import latest_checkpoint, token_loss_sum
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 RECORDS = [
@@ -230,18 +234,45 @@ def test_finetune_writes_adapter_tokenizer_manifest_and_loss_log(tmp_path, data_
     names = {p.name for p in out.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "manifest.json",
             "loss_log.jsonl", "loss_curve.png"} <= names
-    assert "checkpoints" not in names and "run.json" not in names
+    assert "checkpoints" not in names and "run.json" in names
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["cutoff_len"] == 256 and manifest["seed"] == 42
-    assert manifest["data"]["sha256"] and manifest["data"]["train"]["examples"] == 8
+    assert manifest["data"]["sha256"] == sha256_file(data_file) and manifest["data"]["train"]["examples"] == 8
     assert manifest["data"]["validation"]["examples"] == 2
     assert 0 < manifest["parameters"]["trainable"] < manifest["parameters"]["total"]
-    assert set(manifest["versions"]) >= {"torch", "transformers", "peft", "accelerate"}
-    assert "git_commit" in manifest and manifest["training"]["steps"] == 4
+    assert set(manifest["provenance"]["versions"]) >= {"torch", "transformers", "peft", "accelerate"}
+    assert "git_commit" in manifest["provenance"] and manifest["training"]["steps"] == 4
+    assert manifest["training"]["precision"] == "fp32"  # precision auto, on a CPU
+    assert manifest["base_model"] == {"name": "tiny-llama", "built_by": "llm-adapters", "version": __version__}
     log = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in log if "loss" in e]
     assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]
     assert any("eval_loss" in e for e in log)
-    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log if "loss" in e)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert manifest["training"]["last_loss"] == losses[-1]
+    assert manifest["training"]["mean_loss"] == pytest.approx(sum(losses) / 4, rel=1e-12)
+    run = json.loads((out / "run.json").read_text())
+    assert run["identity"]["data_sha256"] == sha256_file(data_file) and run["identity"]["learning_rate"] == 1e-2
+
+
+def test_finetune_logs_every_step_whatever_logging_steps_so_the_curve_is_never_empty(tmp_path, data_file, capsys):
+    out = finetune(_run(tmp_path, data_file, max_steps=3, logging_steps=10, progress=False))
+    log = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "loss" in e] == [1, 2, 3]
+    printed = capsys.readouterr()
+    assert "[finetune] step 3/3: loss " in printed.out and "[finetune] step 1/3" not in printed.out
+    assert "step/s" not in printed.err  # --no-progress: no bar
+    with_bar = finetune(_run(tmp_path, data_file, "bar", max_steps=2, logging_steps=1))
+    assert "step/s" in capsys.readouterr().err and (with_bar / "loss_curve.png").stat().st_size > 0
+
+
+def test_training_arguments_pass_report_to_through(tmp_path, data_file):
+    from llm_adapters.train.trainer import training_arguments
+
+    config = _run(tmp_path, data_file, report_to="tensorboard")
+    assert training_arguments(config, tmp_path, 1, False, "fp32").report_to == ["tensorboard"]
+    with pytest.raises(ValueError, match="report_to 'mlflow' is not one of none, tensorboard, wandb"):
+        _run(tmp_path, data_file, report_to="mlflow")
 
 
 def test_gradient_accumulation_gives_the_same_update_as_one_big_batch(tmp_path, data_file):
@@ -258,7 +289,7 @@ def test_gradient_accumulation_gives_the_same_update_as_one_big_batch(tmp_path, 
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", PROMPT_LEARNING)
+@pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].acts_on_input])
 def test_finetune_trains_prompt_learning_methods(tmp_path, data_file, method):
     out = finetune(_run(tmp_path, data_file, adapter={"method": method, "num_virtual_tokens": 3}, max_steps=2))
     assert (out / "adapter_model.safetensors").exists()
@@ -273,12 +304,21 @@ def test_finetune_packed_on_an_architecture_without_support_is_an_error(tmp_path
 
 # --- output folder safety and resume --------------------------------------------------------------------------------
 
-def test_finetune_refuses_a_finished_run_and_foreign_content_unless_overwrite(tmp_path, data_file):
+def test_finetune_finished_run_is_kept_refused_when_changed_and_redone_with_overwrite(tmp_path, data_file, capsys):
     config = _run(tmp_path, data_file, max_steps=1)
-    finetune(config)
-    with pytest.raises(FileExistsError, match="finished run"):
+    out = finetune(config)
+    weights = (out / "adapter_model.safetensors").read_bytes()
+    mtime = (out / "manifest.json").stat().st_mtime_ns
+    assert finetune(config) == out and (out / "manifest.json").stat().st_mtime_ns == mtime  # nothing to redo
+    assert "already holds this run, finished" in capsys.readouterr().out
+    with pytest.raises(RunMismatchError, match=r"holds a finished run with other settings or inputs "
+                                               r"\(learning_rate: 0\.01 -> 0\.02\)"):
+        finetune(dataclasses.replace(config, learning_rate=0.02))
+    data_file.write_text(json.dumps(RECORDS[::-1]), encoding="utf-8")  # the same path, other content
+    with pytest.raises(RunMismatchError, match=r"data_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
         finetune(config)
     finetune(dataclasses.replace(config, overwrite=True))
+    assert (out / "adapter_model.safetensors").read_bytes() != weights  # retrained on the new data
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
@@ -289,26 +329,27 @@ def test_finetune_refuses_a_finished_run_and_foreign_content_unless_overwrite(tm
 
 def test_finetune_unfinished_run_with_other_settings_names_the_key(tmp_path, data_file):
     out = tmp_path / "out"
-    out.mkdir()
     config = _run(tmp_path, data_file)
-    (out / "run.json").write_text(json.dumps({"config": dict(config.to_dict(), learning_rate=0.5),
-                                              "data_sha256": "x"}))
-    with pytest.raises(ValueError, match=r"learning_rate: 0\.5 -> 0\.01.*data content"):
+    identity = {**config.identity(), "learning_rate": 0.5, "precision": "fp32", "data_sha256": "x",
+                "base_model": {"name": "tiny-llama", "built_by": "llm-adapters", "version": __version__}}
+    rundir.begin(out, rundir.Plan("fresh"), identity)
+    with pytest.raises(RunMismatchError, match=r"holds results of another run with other settings or inputs "
+                                               r"\(data_sha256: 'x' -> '[0-9a-f]{64}'; learning_rate: 0\.5 -> 0\.01\)"):
         finetune(config)
 
 
 _KILLABLE = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, {src!r})
-    import llm_adapters.train as train
-    from llm_adapters.train_config import load_config
+    import llm_adapters.train.trainer as trainer
+    from llm_adapters.train import finetune, load_config
     if sys.argv[1] == "slow":  # slow the steps down so that the parent can kill the run between checkpoints
-        step = train.AdapterTrainer.training_step
+        step = trainer.AdapterTrainer.training_step
         def slow_step(self, *args, **kwargs):
             time.sleep(0.15)
             return step(self, *args, **kwargs)
-        train.AdapterTrainer.training_step = slow_step
-    train.finetune(load_config(**json.loads(sys.argv[2])))
+        trainer.AdapterTrainer.training_step = slow_step
+    finetune(load_config(**json.loads(sys.argv[2])))
 """)
 
 
@@ -342,6 +383,13 @@ def test_finetune_killed_and_rerun_resumes_and_matches_the_uninterrupted_run(tmp
     assert resumed.keys() == straight.keys()
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
+    # The manifest's losses describe the whole run, not the steps since the resume.
+    straight_manifest = json.loads((uninterrupted / "manifest.json").read_text())
+    for key in ("last_loss", "mean_loss"):
+        assert manifest["training"][key] == pytest.approx(straight_manifest["training"][key], rel=1e-5)
+    logs = [[json.loads(line)["step"] for line in (folder / "loss_log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)] for folder in (tmp_path / "killed", uninterrupted)]
+    assert logs[0] == logs[1] == list(range(1, 13))
 
 
 # --- config ---------------------------------------------------------------------------------------------------------
@@ -372,7 +420,7 @@ def test_config_yaml_string_numbers_are_coerced_and_flags_override_yaml(tmp_path
     assert load_config(path).learning_rate == 3e-4  # PyYAML reads 3e-4 as a string
     args = make_parser().parse_args(["finetune", "--config", str(path), "--learning-rate", "1e-3",
                                      "--no-train-on-inputs", "--adapter", "{preset: paper-lora, r: 8}"])
-    config = config_from_args(args)
+    config = configs.load(FinetuneConfig, args.config, **configs.given(args, FinetuneConfig))
     assert (config.learning_rate, config.num_epochs, config.train_on_inputs) == (1e-3, 2.0, False)
     assert config.spec.r == 8 and config.spec.alpha == 64
 
@@ -383,9 +431,8 @@ def test_config_yaml_string_numbers_are_coerced_and_flags_override_yaml(tmp_path
     ({"load_in_8bit": True}, "load_in_8bit needs a CUDA GPU"),
     ({"load_in_4bit": True}, "load_in_4bit needs a CUDA GPU"),
 ])
-def test_finetune_gpu_only_settings_fail_clearly_on_cpu(tmp_path, data_file, overrides, message):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
+def test_finetune_gpu_only_settings_fail_clearly_on_cpu(tmp_path, data_file, overrides, message, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, even where a GPU is present
     with pytest.raises(ValueError, match=message):
         finetune(_run(tmp_path, data_file, **overrides))
 

@@ -1,7 +1,8 @@
 """llm-adapters: the LLM-Adapters family of adapters on any Hugging Face causal LM, PEFT-native.
 
-Importing the package registers the bottleneck (Series/Parallel) method with PEFT, so that
-`PeftModel.from_pretrained` can load such adapters in any process that ran `import llm_adapters`.
+The public API: `load_model`, `attach`, `load_adapter`, `count_parameters`, `finetune` (with `load_config`),
+`evaluate` (with `EvalConfig`). Importing the package registers the bottleneck (Series/Parallel) method with PEFT,
+so that `PeftModel.from_pretrained` can load such adapters in any process that ran `import llm_adapters`.
 
 Example:
     >>> from llm_adapters import load_model, attach
@@ -10,10 +11,23 @@ Example:
 """
 from __future__ import annotations
 
-from .methods import (METHODS, PRESETS, AdapterSpec, attach, build_peft_config, count_parameters, load_adapter,
-                      make_spec)
-from .models import load_model
+import warnings
+from importlib import metadata
 
-__version__ = "0.1.0"
-__all__ = ["METHODS", "PRESETS", "AdapterSpec", "attach", "build_peft_config", "count_parameters",
-           "load_adapter", "load_model", "make_spec"]
+# Not ours to fix: PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` on every get_peft_model.
+warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+try:
+    __version__ = metadata.version("llm-adapters")
+except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+from .eval import EvalConfig, evaluate  # noqa: E402
+from .methods import (METHODS, PRESETS, AdapterSpec, attach, build_peft_config, count_parameters,  # noqa: E402
+                      load_adapter, make_spec, save_adapter)
+from .models import load_model  # noqa: E402
+from .train import FinetuneConfig, finetune, load_config  # noqa: E402
+
+__all__ = ["METHODS", "PRESETS", "AdapterSpec", "EvalConfig", "FinetuneConfig", "attach", "build_peft_config",
+           "count_parameters", "evaluate", "finetune", "load_adapter", "load_config", "load_model", "make_spec",
+           "save_adapter"]

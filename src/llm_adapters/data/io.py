@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from llm_adapters.data.tasks import TASKS, UPSTREAM, Task
+from llm_adapters.errors import MissingInputError, UserError
+from llm_adapters.files import sha256_file
 
 ENV_DATA = "LLM_ADAPTERS_DATA"
 CHECKSUMS = Path(__file__).with_name("checksums.json")
@@ -45,26 +47,20 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     return root
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def resolve_layout_dir(data_dir: str | Path | None = None) -> Path:
+    """The data directory (see `resolve_data_dir`), which must hold `dataset/<name>/test.json` (the LLM-Adapters
+    layout): what the training-set builders and the overlap check read.
 
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON through a temporary file and `os.replace`, so a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, ensure_ascii=False, indent=1)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    Raises:
+        MissingInputError: no `dataset/` folder there or in its `llm-adapters/` subfolder.
+    """
+    root = resolve_data_dir(data_dir)
+    if not (root / "dataset").is_dir():
+        raise MissingInputError(
+            f"{root} has no dataset/ folder (expected dataset/<name>/test.json, LLM-Adapters layout); "
+            f"pass --data-dir or set ${ENV_DATA}"
+        )
+    return root
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -78,7 +74,7 @@ def _parse_jsonl(path: Path, text: str) -> list[Any]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
                 message = f"malformed JSON ({error.msg}, column {error.colno})"
-                raise ValueError(f"{path}: line {number}: {message}") from error
+                raise UserError(f"{path}: line {number}: {message}") from error
     return rows
 
 
@@ -87,7 +83,7 @@ def _parse_json_file(path: Path) -> list[Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
     if path.suffix == ".jsonl":
         return _parse_jsonl(path, text)
     try:
@@ -95,11 +91,11 @@ def _parse_json_file(path: Path) -> list[Any]:
     except json.JSONDecodeError as error:
         if text.lstrip().startswith("{") and error.msg == "Extra data":
             return _parse_jsonl(path, text)
-        raise ValueError(
+        raise UserError(
             f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
         ) from error
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got a JSON {type(data).__name__}")
+        raise UserError(f"{path}: expected a JSON list of records, got a JSON {type(data).__name__}")
     return data
 
 
@@ -108,17 +104,17 @@ def _read_dataset_folder(path: Path) -> list[Any]:
     try:
         import datasets
     except ImportError as error:
-        raise ValueError(
+        raise UserError(
             f"{path} is a folder; reading a saved Hugging Face dataset needs the `datasets` package "
             "(pip install datasets), or give a JSON/JSONL file"
         ) from error
     try:
         loaded = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as error:
-        raise ValueError(f"{path}: not a saved Hugging Face dataset ({error})") from error
+        raise UserError(f"{path}: not a saved Hugging Face dataset ({error})") from error
     if isinstance(loaded, datasets.DatasetDict):
         if len(loaded) != 1:
-            raise ValueError(f"{path}: a dataset with splits {', '.join(loaded)}; give the folder of one split")
+            raise UserError(f"{path}: a dataset with splits {', '.join(loaded)}; give the folder of one split")
         loaded = next(iter(loaded.values()))
     return loaded.to_list()
 
@@ -127,14 +123,14 @@ def _check_field(path: Path, index: int, record: dict[str, Any], name: str) -> N
     """Require a non-empty string (a number is accepted for `answer` and turned into its string)."""
     where = f"{path}, record {index}, field {name!r}"
     if name not in record:
-        raise ValueError(f"{where}: missing (the record has {', '.join(map(repr, record)) or 'no fields'})")
+        raise UserError(f"{where}: missing (the record has {', '.join(map(repr, record)) or 'no fields'})")
     value = record[name]
     if name == "answer" and isinstance(value, (int, float)) and not isinstance(value, bool):
         record[name] = value = str(value)
     if not isinstance(value, str):
-        raise ValueError(f"{where}: expected a string, got {type(value).__name__} {value!r:.60}")
+        raise UserError(f"{where}: expected a string, got {type(value).__name__} {value!r:.60}")
     if not value.strip():
-        raise ValueError(f"{where}: empty")
+        raise UserError(f"{where}: empty")
 
 
 def read_records(path: str | Path, required_fields: Iterable[str] = ("instruction", "answer")) -> list[dict[str, Any]]:
@@ -143,7 +139,7 @@ def read_records(path: str | Path, required_fields: Iterable[str] = ("instructio
     Args:
         path: the file or folder.
         required_fields: fields every record must hold as a non-empty string (`answer` may be a number).
-            `input` defaults to "" when absent.
+            `input` defaults to "" when absent, and must be a string when present.
 
     Raises:
         FileNotFoundError: no such file or folder.
@@ -154,7 +150,7 @@ def read_records(path: str | Path, required_fields: Iterable[str] = ("instructio
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise MissingInputError(f"no such file: {path}")
     records = _read_dataset_folder(path) if path.is_dir() else _parse_json_file(path)
     return _check_records(path, records, required_fields)
 
@@ -175,10 +171,13 @@ def _check_records(path: Path, records: list[Any], required_fields: Iterable[str
     required = tuple(required_fields)
     for index, record in enumerate(records):
         if not isinstance(record, dict):
-            raise ValueError(f"{path}, record {index}: expected an object, got {type(record).__name__}")
+            raise UserError(f"{path}, record {index}: expected an object, got {type(record).__name__}")
         for name in required:
             _check_field(path, index, record, name)
         record.setdefault("input", "")
+        if not isinstance(record["input"], str):
+            raise UserError(f"{path}, record {index}, field 'input': expected a string, got "
+                            f"{type(record['input']).__name__}")
     return records
 
 
@@ -197,9 +196,9 @@ def validate_answers(task: Task, records: list[dict[str, Any]], path: str | Path
             except ValueError:
                 ok = False
             if not ok:
-                raise ValueError(f"{where}: {answer!r} is not a number (task {task.name} scores numbers)")
+                raise UserError(f"{where}: {answer!r} is not a number (task {task.name} scores numbers)")
         elif answer not in task.labels:
-            raise ValueError(f"{where}: {answer!r} is not one of {', '.join(task.labels)} (task {task.name})")
+            raise UserError(f"{where}: {answer!r} is not one of {', '.join(task.labels)} (task {task.name})")
 
 
 @dataclass(frozen=True)
@@ -221,7 +220,7 @@ def load_task_data(task: Task, data_dir: str | Path | None = None) -> TaskData:
     """
     path = resolve_data_dir(data_dir) / task.relpath
     if not path.is_file():
-        raise FileNotFoundError(f"missing data for {task.name}: {path}; {download_hint([task], data_dir)}")
+        raise MissingInputError(f"missing data for {task.name}: {path}; {download_hint([task], data_dir)}")
     records = read_records(path, required_fields=("instruction", "answer"))
     validate_answers(task, records, path)
     return TaskData(task, path, records, sha256_file(path))
@@ -264,12 +263,12 @@ def download_file(url: str, dest: Path, sha256: str | None, timeout: float = 60.
             os.fsync(handle.fileno())
     except (urllib.error.URLError, OSError) as error:
         part.unlink(missing_ok=True)
-        raise ValueError(f"cannot download {url}: {getattr(error, 'reason', error)}; "
-                         "check the network, or give a mirror with --base-url") from error
+        raise UserError(f"cannot download {url}: {getattr(error, 'reason', error)}; "
+                        "check the network, or give a mirror with --base-url") from error
     if sha256 is not None and digest.hexdigest() != sha256:
         part.unlink(missing_ok=True)
-        raise ValueError(f"{url}: sha256 {digest.hexdigest()} differs from the expected {sha256}; "
-                         "the file was not written (upstream changed, or a mirror serves another version)")
+        raise UserError(f"{url}: sha256 {digest.hexdigest()} differs from the expected {sha256}; "
+                        "the file was not written (upstream changed, or a mirror serves another version)")
     os.replace(part, dest)
     return digest.hexdigest()
 
@@ -281,6 +280,7 @@ def download_tasks(
     base_url: str = UPSTREAM,
     allow_unverified: bool = False,
     force: bool = False,
+    skip_unverified: bool = False,
     timeout: float = 60.0,
 ) -> list[str]:
     """Download the tasks' test files into the data directory, verified against the shipped sums.
@@ -291,6 +291,8 @@ def download_tasks(
         base_url: repository root the `dataset/<folder>/test.json` paths hang from (a mirror, or a test server).
         allow_unverified: fetch files with no known sum (hellaswag); they are still parsed and validated.
         force: replace a present file whose sum differs from the known one.
+        skip_unverified: leave out (and name, with the command that fetches them) the tasks with no known sum,
+            instead of refusing them all (what `data download` without task names does).
         timeout: seconds per connection.
 
     Returns:
@@ -302,10 +304,14 @@ def download_tasks(
     """
     root = resolve_data_dir(data_dir)
     sums = known_checksums()
+    unverifiable = [t for t in tasks if sums[t.relpath]["sha256"] is None and not allow_unverified
+                    and not (root / t.relpath).is_file()]
+    if skip_unverified:
+        tasks = [t for t in tasks if t not in unverifiable]
     for task in tasks:
         if sums[task.relpath]["sha256"] is None and not allow_unverified:
-            raise ValueError(f"no known sha256 for {task.name} (it was not available when the shipped sums were "
-                             "computed); pass --allow-unverified to download it unverified")
+            raise UserError(f"no known sha256 for {task.name} (it was not available when the shipped sums were "
+                            "computed); pass --allow-unverified to download it unverified")
     lines = []
     for task in tasks:
         expected, dest = sums[task.relpath]["sha256"], root / task.relpath
@@ -318,8 +324,8 @@ def download_tasks(
                 lines.append(f"{task.name}: present, verified ({dest})")
                 continue
             if not force:
-                raise ValueError(f"{dest} exists but its sha256 {actual} differs from {expected}; "
-                                 "pass --force to replace it")
+                raise UserError(f"{dest} exists but its sha256 {actual} differs from {expected}; "
+                                "pass --force to replace it")
         got = download_file(f"{base_url.rstrip('/')}/{task.relpath}", dest, expected, timeout)
         if expected is None:
             try:
@@ -329,6 +335,9 @@ def download_tasks(
                 raise
         note = "verified" if expected else f"UNVERIFIED, sha256 {got}"
         lines.append(f"{task.name}: downloaded, {note} ({dest})")
+    if skip_unverified:
+        lines += [f"{t.name}: not downloaded, no known sha256 to verify it; fetch it with: llm-adapters data "
+                  f"download {t.name} --allow-unverified" for t in unverifiable]
     return lines
 
 

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-from llm_adapters.data.io import read_records
+from llm_adapters.data.io import read_records, resolve_layout_dir
 from llm_adapters.data.tasks import Task, resolve_tasks
+from llm_adapters.errors import MissingInputError, UserError
 
 Mode = Literal["ws", "alnum"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -34,7 +35,7 @@ def normalise(text: str, mode: Mode = "alnum") -> str:
         'tomhas56books'
     """
     if mode not in MODES:
-        raise ValueError(f"unknown overlap mode {mode!r}; accepted: {', '.join(MODES)}")
+        raise UserError(f"unknown overlap mode {mode!r}; accepted: {', '.join(MODES)}")
     text = text.split(" Answer Choices:")[0].lower()
     if mode == "ws":
         return " ".join(text.split())
@@ -144,7 +145,7 @@ def check_overlap(
         train_path: instruction data (JSON list or JSONL of records with an `instruction` field).
         tasks: task names or groups, e.g. "gsm8k,addsub" or "math".
         data_dir: folder in the LLM-Adapters layout (`dataset/<name>/test.json`) or its parent; default
-            $LLM_ADAPTERS_DATA, else the cache (see `build.resolve_layout_dir`).
+            $LLM_ADAPTERS_DATA, else the cache (see `io.resolve_layout_dir`).
         mode: "ws" or "alnum" (see the module docstring).
 
     Raises:
@@ -155,14 +156,12 @@ def check_overlap(
         >>> report = check_overlap("math_data.json", "math")  # doctest: +SKIP
         >>> print(report.format())  # doctest: +SKIP
     """
-    from llm_adapters.data.build import resolve_layout_dir  # build imports this module
-
     if mode not in MODES:
-        raise ValueError(f"unknown overlap mode {mode!r}; accepted: {', '.join(MODES)}")
+        raise UserError(f"unknown overlap mode {mode!r}; accepted: {', '.join(MODES)}")
     resolved = resolve_tasks(tasks)
     root = resolve_layout_dir(data_dir)
     questions = [r["instruction"] for r in read_records(train_path, ("instruction",))]
     results, _, missing = match_tasks(questions, resolved, root, mode)
     if not results:
-        raise FileNotFoundError(f"no test file found under {root / 'dataset'} for {', '.join(missing)}")
+        raise MissingInputError(f"no test file found under {root / 'dataset'} for {', '.join(missing)}")
     return OverlapReport(str(train_path), len(questions), mode, results, missing)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from llm_adapters.errors import UserError
+
 AnswerType = Literal["number", "letter", "label"]
 UPSTREAM = "https://raw.githubusercontent.com/AGI-Edgerunners/LLM-Adapters/main"
 
@@ -98,12 +100,12 @@ def resolve_tasks(names: str | list[str] | tuple[str, ...]) -> list[Task]:
         members = GROUPS.get(name, (name,))
         for member in members:
             if member not in TASKS:
-                raise ValueError(
+                raise UserError(
                     f"unknown task {raw.strip()!r}; accepted tasks: {', '.join(TASKS)}; "
                     f"groups: {', '.join(GROUPS)}"
                 )
             if TASKS[member] not in resolved:
                 resolved.append(TASKS[member])
     if not resolved:
-        raise ValueError(f"no task given; accepted tasks: {', '.join(TASKS)}; groups: {', '.join(GROUPS)}")
+        raise UserError(f"no task given; accepted tasks: {', '.join(TASKS)}; groups: {', '.join(GROUPS)}")
     return resolved

@@ -1,4 +1,10 @@
-"""Prompt templates: the one home for how an instruction becomes model input, in training and evaluation.
+"""Prompt templates and response formats: the one home for what training and evaluation must agree on.
+
+A train/eval mismatch of the prompt is the bug that spoiled the original's numbers, so everything both sides
+depend on lives here: the prompt of each template (`build_prompt`), the response a commonsense item is trained
+to give (`choice_response`), whether the tokenizer adds its special tokens (`adds_special_tokens`: a chat template
+writes its own) and how a (prompt, response) pair becomes token ids (`encode_pair`: apart, so the boundary is
+exact and the prompt's tokens are those the model sees alone at generation time).
 
 `original-train` and `original-eval` reproduce the original LLM-Adapters strings byte for byte, quirks included:
 the training template indents with 16 spaces and fills its separator lines with 16 spaces, the evaluation
@@ -9,6 +15,8 @@ used for both sides. `chat` uses the tokenizer's own chat template.
 from __future__ import annotations
 
 from typing import Any, Literal
+
+from llm_adapters.errors import UserError
 
 TemplateName = Literal["original", "alpaca", "chat"]
 TEMPLATES: tuple[str, ...] = ("original", "alpaca", "chat")
@@ -48,7 +56,7 @@ def _alpaca(instruction: str, input: str) -> str:
 def _chat(instruction: str, input: str, tokenizer: Any) -> str:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", None) or "this tokenizer"
-        raise ValueError(
+        raise UserError(
             f"template 'chat' needs a tokenizer with a chat template, and {name} has none; "
             f"accepted templates: {', '.join(TEMPLATES)}"
         )
@@ -87,7 +95,7 @@ def build_prompt(
         return _alpaca(instruction, input)
     if template == "chat":
         return _chat(instruction, input, tokenizer)
-    raise ValueError(f"unknown template {template!r}; accepted templates: {', '.join(TEMPLATES)}")
+    raise UserError(f"unknown template {template!r}; accepted templates: {', '.join(TEMPLATES)}")
 
 
 def build_training_text(
@@ -100,3 +108,26 @@ def build_training_text(
     """
     prompt = build_prompt(instruction, input, template=template, stage="train", tokenizer=tokenizer)
     return prompt, output
+
+
+def choice_response(label: str) -> str:
+    """The response a commonsense item is trained to give, and the continuation log-likelihood scoring scores."""
+    return f"the correct answer is {label}"
+
+
+def adds_special_tokens(template: str) -> bool:
+    """Whether the tokenizer should add its special tokens (BOS...) to a prompt: not for `chat`, whose template
+    writes them into the text itself."""
+    return template != "chat"
+
+
+def encode_pair(tokenizer: Any, prompt: str, response: str, template: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids), tokenised apart as training and scoring both do.
+
+    Tokenising prompt + response as one text can merge the prompt's last characters with the response's first
+    (the original template ends its prompt in 16 spaces), which moves the boundary by a token; apart, the prompt's
+    ids are exactly those the model is given at generation time.
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=adds_special_tokens(template))["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    return list(prompt_ids), list(response_ids)

@@ -1,4 +1,4 @@
-"""Evaluation: generation engine, answer extraction, scoring, the `evaluate` command.
+"""Evaluation: `EvalConfig`, the generation engine, answer extraction, scoring, `evaluate(model, tokenizer, config)`.
 
 Example:
     >>> from llm_adapters.eval import extract_answer
@@ -7,11 +7,12 @@ Example:
 """
 from __future__ import annotations
 
-from .evaluate import evaluate_prepared, evaluate_tasks, prepare_tasks, run_evaluate
+from .config import EvalConfig
+from .evaluate import Prepared, evaluate, evaluate_tasks, prepare_tasks, results_table
 from .extract import RULES, answer_complete, extract_answer, is_correct
 from .generate import DecodeConfig, continuation_logliks, generate_batch
 from .score import PredictionLog, wilson_interval
 
-__all__ = ["RULES", "DecodeConfig", "PredictionLog", "answer_complete", "continuation_logliks",
-           "evaluate_prepared", "evaluate_tasks", "extract_answer", "generate_batch", "is_correct",
-           "prepare_tasks", "run_evaluate", "wilson_interval"]
+__all__ = ["RULES", "DecodeConfig", "EvalConfig", "Prepared", "PredictionLog", "answer_complete",
+           "continuation_logliks", "evaluate", "evaluate_tasks", "extract_answer", "generate_batch", "is_correct",
+           "prepare_tasks", "results_table", "wilson_interval"]

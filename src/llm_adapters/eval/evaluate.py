@@ -1,8 +1,14 @@
-"""`llm-adapters evaluate`: tasks -> prompts -> generation (or log-likelihood) -> extraction -> scores, resumable.
+"""Evaluation: tasks -> prompts -> generation (or log-likelihood) -> extraction -> scores, resumable.
 
-Output, per task: `O/<task>/predictions.jsonl` (one record per example), `O/<task>/summary.json` (accuracy,
-95 % Wilson interval, decoding settings, model, adapter, data sha256, versions, seconds, tokens) and
-`O/<task>/run.json` (what must not change between a run and its resumption); for all tasks, `O/results.md`.
+`evaluate(model, tokenizer, config)` receives a loaded model and an `EvalConfig`; it never parses flags or loads
+models. Output, under the output folder O:
+- `O/run.json`: the model's identity (base model and adapter, by content); a folder holds one model's results;
+- `O/<task>/predictions.jsonl`: one record per example, kept for good (a smaller `limit` later reports the first
+  N and keeps the rest);
+- `O/<task>/summary.json`: accuracy, 95 % Wilson interval, decoding settings, model, adapter, data sha256,
+  provenance (versions, device, dtype), seconds, tokens;
+- `O/<task>/run.json`: the task's settings that must not change between a run and its resumption;
+- `O/results.md`: every task of the folder.
 
 Every requested file is checked before any work: a missing one stops the command with the download command
 (unless `skip_missing`), a malformed one with its file, record index and field. A killed run re-run with the
@@ -10,29 +16,26 @@ same arguments continues where it stopped and ends with the same files (see `sco
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
-import platform
-import re
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from llm_adapters.data.io import TaskData, download_hint, load_task_data, resolve_data_dir, write_json_atomic
+from llm_adapters import rundir
+from llm_adapters.data.io import TaskData, download_hint, load_task_data, resolve_data_dir
 from llm_adapters.data.tasks import TASKS, Task, resolve_tasks
-from llm_adapters.data.templates import build_prompt
-from llm_adapters.eval.extract import RULES, Rules, extract_answer, is_correct
-from llm_adapters.eval.generate import (DecodeConfig, Protocol, continuation_logliks, generate_batch,
-                                        plan_batches, prompt_lengths)
+from llm_adapters.data.templates import build_prompt, choice_response
+from llm_adapters.errors import MissingInputError
+from llm_adapters.eval.config import EvalConfig
+from llm_adapters.eval.extract import RULES, extract_answer, is_correct
+from llm_adapters.eval.generate import (DecodeConfig, continuation_logliks, generate_batch, plan_batches,
+                                        prompt_lengths)
 from llm_adapters.eval.score import PredictionLog, accuracy_summary
-
-Scoring = Literal["generate", "loglik", "both"]
-SCORINGS: tuple[str, ...] = ("generate", "loglik", "both")
+from llm_adapters.files import write_json_atomic, write_text_atomic
+from llm_adapters.provenance import provenance
 
 
 @dataclass(frozen=True)
@@ -43,85 +46,58 @@ class Prepared:
     skipped: dict[str, str]
 
 
-def prepare_tasks(tasks: str | list[str] | list[Task], data_dir: str | Path | None,
-                  skip_missing: bool = False) -> Prepared:
+def prepare_tasks(config: EvalConfig, tasks: list[Task] | None = None) -> Prepared:
     """Check that every task's file is present, then read and validate each, before any model work.
 
+    Args:
+        config: gives the tasks (unless `tasks`), the data directory and `skip_missing`.
+        tasks: Task records to use instead of `config.tasks` (tasks that are not in the registry).
+
     Raises:
-        FileNotFoundError: missing files (all named, with the download command), unless `skip_missing`
-            and at least one task remains.
-        ValueError: an unknown task, malformed JSON or a bad record (file, record index, field).
+        MissingInputError: missing files (all named, with the download command), unless `skip_missing` and at
+            least one task remains.
+        UserError: malformed JSON or a bad record (file, record index, field).
     """
-    if isinstance(tasks, list) and tasks and all(isinstance(t, Task) for t in tasks):
-        resolved: list[Task] = list(tasks)  # type: ignore[arg-type]
-    else:
-        resolved = resolve_tasks(tasks)  # type: ignore[arg-type]
-    root = resolve_data_dir(data_dir)
+    resolved = list(tasks) if tasks is not None else resolve_tasks(list(config.tasks))
+    root = resolve_data_dir(config.data_dir)
     missing = [t for t in resolved if not (root / t.relpath).is_file()]
-    if missing and (not skip_missing or len(missing) == len(resolved)):
+    if missing and (not config.skip_missing or len(missing) == len(resolved)):
         files = ", ".join(str(root / t.relpath) for t in missing)
-        extra = "" if skip_missing else "; or pass --skip-missing to evaluate the others"
-        raise FileNotFoundError(f"missing data for {', '.join(t.name for t in missing)} ({files}); "
-                                f"{download_hint(missing, data_dir)}{extra}")
+        extra = "" if config.skip_missing else "; or pass --skip-missing to evaluate the others"
+        raise MissingInputError(f"missing data for {', '.join(t.name for t in missing)} ({files}); "
+                                f"{download_hint(missing, config.data_dir)}{extra}")
     data = [load_task_data(t, root) for t in resolved if t not in missing]
     return Prepared(data, {t.name: str(root / t.relpath) for t in missing})
 
 
-def _versions() -> dict[str, str]:
-    import llm_adapters  # at call time: the package root may import this module
-
-    versions = {"python": platform.python_version(), "llm-adapters": llm_adapters.__version__}
-    for package in ("torch", "transformers", "peft"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
-def _check_run(folder: Path, identity: dict[str, Any], overwrite: bool) -> None:
-    """Start a task folder, or make sure the results already there come from the same run."""
-    run_file = folder / "run.json"
-    if run_file.exists() and overwrite:
-        shutil.rmtree(folder)
-    if run_file.exists():
-        previous = json.loads(run_file.read_text())
-        changed = [f"{key}: {previous.get(key)!r} -> {value!r}" for key, value in identity.items()
-                   if previous.get(key) != value]
-        if changed:
-            raise ValueError(f"{folder} holds results of another run ({'; '.join(changed)}); "
-                             "use another --output-dir, or --overwrite to start again")
-        return
-    write_json_atomic(run_file, identity)
-
+# ------------------------------------------------------------------------------------------------ one batch
 
 @dataclass(frozen=True)
 class _Settings:
     template: str
-    config: DecodeConfig
-    scoring: Scoring
-    rules: Rules
-    limit: int | None
+    decode: DecodeConfig
+    config: EvalConfig
 
 
 def _score_batch(model: Any, tokenizer: Any, task: Task, records: list[dict[str, Any]], indices: list[int],
-                 prompts: dict[int, str], settings: _Settings, add_special: bool) -> list[dict[str, Any]]:
+                 prompts: dict[int, str], settings: _Settings) -> list[dict[str, Any]]:
     """Generate and/or score the log-likelihood of one batch; one result record per index."""
     start = time.perf_counter()
     batch_prompts = [prompts[i] for i in indices]
     results = [{"index": i, "prompt": prompts[i], "gold": records[i]["answer"]} for i in indices]
-    if _generates(task, settings.scoring):
-        generations = generate_batch(model, tokenizer, batch_prompts, task, settings.config, add_special)
+    rules = settings.config.rules
+    if _generates(task, settings.config.scoring):
+        generations = generate_batch(model, tokenizer, batch_prompts, task, settings.decode, settings.template)
         for result, generation in zip(results, generations):
-            prediction = extract_answer(task, generation.text, settings.rules)
+            prediction = extract_answer(task, generation.text, rules)
             result.update(generation=generation.text, prediction=prediction,
                           correct=is_correct(task, prediction, result["gold"]), n_tokens=generation.n_tokens)
-    if _logliks(task, settings.scoring):
-        # The continuation the models are trained to produce: "the correct answer is <label>".
-        pairs = [(p, f"the correct answer is {label}") for p in batch_prompts for label in task.labels]
+    if _logliks(task, settings.config.scoring):
+        # The continuation the models are trained to produce, tokenised apart from the prompt as in training.
+        pairs = [(p, choice_response(label)) for p in batch_prompts for label in task.labels]
         # Full-vocabulary logits for every position: 8 rows of ~150 tokens are ~250 MB with a 49k vocabulary.
-        scores = continuation_logliks(model, tokenizer, pairs, batch_size=min(8, settings.config.batch_size),
-                                      add_special_tokens=add_special)
+        scores = continuation_logliks(model, tokenizer, pairs, template=settings.template,
+                                      batch_size=min(8, settings.decode.batch_size))
         for k, result in enumerate(results):
             row = scores[k * len(task.labels):(k + 1) * len(task.labels)]
             best = task.labels[row.index(max(row))]
@@ -133,78 +109,111 @@ def _score_batch(model: Any, tokenizer: Any, task: Task, records: list[dict[str,
     return results
 
 
-def _generates(task: Task, scoring: Scoring) -> bool:
+def _generates(task: Task, scoring: str) -> bool:
     return scoring != "loglik" or task.answer_type != "label"
 
 
-def _logliks(task: Task, scoring: Scoring) -> bool:
+def _logliks(task: Task, scoring: str) -> bool:
     return scoring != "generate" and task.answer_type == "label"
 
 
-def _summary(task_data: TaskData, done: dict[int, dict[str, Any]], settings: _Settings,
-             run: dict[str, Any]) -> dict[str, Any]:
-    task, records = task_data.task, list(done.values())
-    generated = _generates(task, settings.scoring)
-    metric = accuracy_summary(records, "correct" if generated else "loglik_correct")
+# ------------------------------------------------------------------------------------------------ one task
+
+def _accuracy_by_rules(task: Task, records: list[dict[str, Any]], decode: DecodeConfig) -> dict[str, Any]:
+    """Accuracy under each rule set, and the text it was computed on. The stop rule ends a row where the default
+    rules' answer is settled, so the default rules read the same answer in the cut text as in the full one; the
+    original rules read the whole generation (its last number), which a cut text no longer holds: under the
+    stop rule their accuracy is not computed."""
+    text = "stopped at the default rules' answer" if decode.stop_rules else "the full generation"
+    scores: dict[str, Any] = {}
+    for rules in RULES:
+        honest = rules == "default" or not decode.stop_rules
+        accuracy = (sum(is_correct(task, extract_answer(task, r["generation"], rules), r["gold"]) for r in records)
+                    / max(1, len(records))) if honest else None
+        scores[rules] = {"accuracy": accuracy, "text": text} if honest else {
+            "accuracy": None, "text": text, "note": "not computed: the original rules read the full generation; "
+                                                    "run with --rules original to have it"}
+    return scores
+
+
+def _summary(task_data: TaskData, done: list[dict[str, Any]], settings: _Settings, model_record: dict[str, Any],
+             training_cutoff: int | None) -> dict[str, Any]:
+    task, config = task_data.task, settings.config
+    generated = _generates(task, config.scoring)
+    metric = accuracy_summary(done, "correct" if generated else "loglik_correct")
     summary: dict[str, Any] = {"task": task.name, "task_version": task.version, "group": task.group,
-                               "metric": "generate" if generated
-                               else "loglik", **metric}
+                               "metric": "generate" if generated else "loglik", **metric}
     if generated:
-        summary["no_answer"] = sum(r["prediction"] is None for r in records)
-        summary["accuracy_by_rules"] = {
-            rules: sum(is_correct(task, extract_answer(task, r["generation"], rules), r["gold"])
-                       for r in records) / max(1, len(records)) for rules in RULES}
-    if generated and _logliks(task, settings.scoring):
-        summary["loglik"] = accuracy_summary(records, "loglik_correct")
-    seconds = sum(r["seconds"] for r in records)
+        summary["no_answer"] = sum(r["prediction"] is None for r in done)
+        summary["accuracy_by_rules"] = _accuracy_by_rules(task, done, settings.decode)
+    if generated and _logliks(task, config.scoring):
+        summary["loglik"] = accuracy_summary(done, "loglik_correct")
+    seconds = sum(r["seconds"] for r in done)
     summary.update(
-        rules=settings.rules, template=settings.template, decoding=settings.config.settings(task),
-        scoring=settings.scoring, limit=settings.limit, model=run["model"], adapter=run["adapter"],
+        rules=config.rules, template=settings.template, decoding=settings.decode.settings(task),
+        scoring=config.scoring, limit=config.limit, **model_record,
         data={"path": str(task_data.path), "sha256": task_data.sha256, "records": len(task_data.records)},
-        versions=_versions(), seconds=round(seconds, 2),
-        tokens_generated=sum(r.get("n_tokens", 0) for r in records),
-        examples_per_second=round(len(records) / seconds, 3) if seconds else None,
+        seconds=round(seconds, 2), tokens_generated=sum(r.get("n_tokens", 0) for r in done),
+        examples_per_second=round(len(done) / seconds, 3) if seconds else None,
         finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+    if training_cutoff is not None:
+        summary["adapter_cutoff_len"] = training_cutoff
     return summary
 
 
 def _evaluate_task(model: Any, tokenizer: Any, task_data: TaskData, output_dir: Path, settings: _Settings,
-                   run: dict[str, Any], overwrite: bool, progress: bool) -> dict[str, Any]:
+                   model_record: dict[str, Any], training_cutoff: int | None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    task, records = task_data.task, task_data.records
+    task, records, config = task_data.task, task_data.records, settings.config
     folder = output_dir / task.name
-    identity = {**run, "task": task.name, "task_version": task.version, "data_sha256": task_data.sha256,
-                "template": settings.template, "rules": settings.rules, "scoring": settings.scoring,
-                **{k: v for k, v in settings.config.settings(task).items() if k != "batch_size"}}
-    _check_run(folder, identity, overwrite)
-    n = min(len(records), settings.limit) if settings.limit is not None else len(records)
+    identity = {"task": task.name, "task_version": task.version, "data_sha256": task_data.sha256,
+                "template": settings.template, "rules": config.rules, "scoring": config.scoring,
+                **{k: v for k, v in settings.decode.settings(task).items() if k != "batch_size"}}
+    may_change = {"batch_size": settings.decode.batch_size, "limit": config.limit}
+    plan = rundir.plan(folder, identity, overwrite="different" if config.overwrite else False,
+                       may_change=may_change, what="task folder", flag="--output-dir")
+    rundir.begin(folder, plan, identity, may_change, record={"data": str(task_data.path)})
+    n = min(len(records), config.limit) if config.limit is not None else len(records)
     log = PredictionLog(folder / "predictions.jsonl")
-    done = {i: r for i, r in log.load().items() if i < n}
+    done = log.load()  # every record ever paid for, also those past a smaller limit: none is deleted
     pending = [i for i in range(n) if i not in done]
-    add_special = settings.template != "chat"  # a chat template writes its own special tokens
     prompts = {i: build_prompt(records[i]["instruction"], records[i].get("input", ""), template=settings.template,
                                tokenizer=tokenizer) for i in pending}
-    lengths = prompt_lengths(tokenizer, [prompts[i] for i in pending], add_special)
-    with tqdm(total=n, initial=n - len(pending), desc=task.name, unit="ex", disable=not progress) as bar:
-        for batch in plan_batches(lengths, settings.config.batch_size):
+    lengths = prompt_lengths(tokenizer, [prompts[i] for i in pending], settings.template)
+    with tqdm(total=n, initial=n - len(pending), desc=task.name, unit="ex", disable=not config.progress) as bar:
+        for batch in plan_batches(lengths, settings.decode.batch_size):
             indices = [pending[k] for k in batch]
-            results = _score_batch(model, tokenizer, task, records, indices, prompts, settings, add_special)
+            results = _score_batch(model, tokenizer, task, records, indices, prompts, settings)
             log.append(results)
             done.update((r["index"], r) for r in results)
             bar.update(len(results))
     log.rewrite_sorted(done)
-    summary = _summary(task_data, done, settings, run)
+    reported = [done[i] for i in range(n)]
+    summary = _summary(task_data, reported, settings, model_record, training_cutoff)
+    if training_cutoff is not None:
+        all_lengths = prompt_lengths(tokenizer, [r["prompt"] for r in reported], settings.template)
+        summary["prompts_over_adapter_cutoff"] = sum(length >= training_cutoff for length in all_lengths)
     write_json_atomic(folder / "summary.json", summary)
-    if not progress:  # one line per task instead of the bar, for logs
+    if not config.progress:  # one line per task instead of the bar, for logs
         print(f"{task.name}: {summary['n']} examples, {summary['metric']} accuracy {100 * summary['accuracy']:.1f} %, "
               f"{summary['seconds']:.1f} s", flush=True)
     return summary
 
 
-def _table(summaries: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str:
-    """Markdown table of every task, with group averages (unweighted means of task accuracies)."""
+# ------------------------------------------------------------------------------------------------ the folder
+
+def results_table(output_dir: str | Path, skipped: dict[str, str] | None = None) -> str:
+    """Markdown table of every task evaluated in `output_dir` (from their summary.json), with group averages
+    (unweighted means of task accuracies) and the tasks skipped by the latest call."""
+    output_dir = Path(output_dir)
+    summaries = {}
+    for path in sorted(output_dir.glob("*/summary.json")):
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        summaries[summary["task"]] = summary
+    order = {name: i for i, name in enumerate(TASKS)}
+    summaries = dict(sorted(summaries.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
     lines = ["| task | n | accuracy % | 95 % CI | loglik % | no answer | tokens | seconds | ex/s |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for name, s in summaries.items():
@@ -214,7 +223,7 @@ def _table(summaries: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str
                      f"{'–' if loglik is None else f'{100 * loglik:.1f}'} | {s.get('no_answer', '–')} | "
                      f"{s['tokens_generated']} | {s['seconds']:.1f} | {s['examples_per_second'] or 0:.2f} |")
     groups: dict[str, list[float]] = {}
-    for name, s in summaries.items():
+    for s in summaries.values():
         if s["metric"] == "generate":
             groups.setdefault(s["group"], []).append(s["accuracy"])
     if len(groups) > 1:
@@ -223,91 +232,89 @@ def _table(summaries: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str
         if len(values) > 1:
             lines.append(f"| **{group} average** | {len(values)} tasks | {100 * sum(values) / len(values):.1f} "
                          "| | | | | | |")
-    lines += [f"| {name} | – | skipped: missing {path} | | | | | | |" for name, path in skipped.items()]
+    lines += [f"| {name} | – | skipped: missing {path} | | | | | | |"
+              for name, path in (skipped or {}).items() if name not in summaries]
     return "\n".join(lines) + "\n"
 
 
-def evaluate_prepared(model: Any, tokenizer: Any, prepared: Prepared, output_dir: str | Path, *,
-                      batch_size: int | None = None, limit: int | None = None, template: str = "original",
-                      protocol: Protocol = "fast", scoring: Scoring = "generate", rules: Rules = "default",
-                      max_new_tokens: int | None = None, model_name: str | None = None,
-                      adapter_name: str | None = None, overwrite: bool = False,
-                      progress: bool = True) -> dict[str, Any]:
-    """`evaluate_tasks` on tasks already read by `prepare_tasks` (the CLI validates data before loading a model)."""
-    problems = [f"scoring {scoring!r} is not one of {', '.join(SCORINGS)}"] if scoring not in SCORINGS else []
-    problems += [f"rules {rules!r} is not one of {', '.join(RULES)}"] if rules not in RULES else []
-    problems += [f"limit must be >= 1, got {limit}"] if limit is not None and limit < 1 else []
-    if problems:
-        raise ValueError("; ".join(problems))
-    config = DecodeConfig.for_protocol(protocol, batch_size, max_new_tokens)
-    settings = _Settings(template, config, scoring, rules, limit)
-    if prepared.data:  # a chat template missing from the tokenizer fails here, before any work
-        build_prompt(prepared.data[0].records[0]["instruction"], template=template, tokenizer=tokenizer)
-    if scoring == "loglik" and any(d.task.answer_type != "label" for d in prepared.data):
-        warnings.warn("log-likelihood scoring needs a label set: the math tasks are scored by generation")
-    run = {"model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
-           "adapter": adapter_name}
-    output_dir = Path(output_dir)
-    summaries = {d.task.name: _evaluate_task(model, tokenizer, d, output_dir, settings, run, overwrite, progress)
-                 for d in prepared.data}
-    table = _table(summaries, prepared.skipped)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.md").write_text(table)
-    return {"tasks": summaries, "skipped": prepared.skipped, "table": table}
+def _adapter_training(config: EvalConfig) -> dict[str, Any]:
+    """The template and cutoff the adapter was trained with (its manifest.json), or {}."""
+    if not config.adapter:
+        return {}
+    try:
+        manifest = json.loads((Path(config.adapter) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    trained = manifest.get("config", {})
+    return {key: trained[key] for key in ("template", "cutoff_len") if key in trained}
 
 
-def evaluate_tasks(model: Any, tokenizer: Any, tasks: str | list[str] | list[Task],
-                   data_dir: str | Path | None, output_dir: str | Path, *, skip_missing: bool = False,
-                   **options: Any) -> dict[str, Any]:
-    """Evaluate an already-loaded model (base or PEFT) on benchmark tasks, resumably.
+def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepared | None = None,
+             tasks: list[Task] | None = None) -> dict[str, Any]:
+    """Evaluate a loaded model (base or PeftModel) on the tasks of `config`; resumable.
 
     Args:
-        model, tokenizer: from `models.load_model` (the tokenizer pads on the left), optionally with an adapter.
-        tasks: names or groups (`"gsm8k,boolq"`, `"math"`, `["all"]`) or Task objects.
-        data_dir: holds `dataset/<folder>/test.json` (None: `$LLM_ADAPTERS_DATA`, else the user cache).
-        output_dir: where `<task>/predictions.jsonl`, `<task>/summary.json` and `results.md` go.
-        skip_missing: evaluate the tasks whose files are present, list the others as skipped.
-        **options: batch_size, limit (first N examples), template ("original", "alpaca", "chat"), protocol
-            ("fast", "original"), scoring ("generate", "loglik", "both"), rules ("default", "original"),
-            max_new_tokens, model_name, adapter_name (recorded in the summaries), overwrite (discard
-            results of another run in output_dir), progress (progress bars).
+        model: the model to evaluate, on its device (`models.load_model`, `methods.load_adapter`).
+        tokenizer: pads on the left and has a pad token (`models.prepare_tokenizer`).
+        config: the evaluation settings; `base_model` and `adapter` name the model in the records.
+        prepared: tasks already read by `prepare_tasks(config)` (the CLI reads them before loading a model).
+        tasks: Task records to evaluate instead of `config.tasks` (e.g. the demo's held-out task).
 
     Returns:
-        {"tasks": {name: summary}, "skipped": {name: missing path}, "table": Markdown}.
+        {"tasks": {name: summary}, "skipped": {name: missing path}, "table": Markdown, "output_dir": path}.
 
     Raises:
-        FileNotFoundError: missing task files (see `prepare_tasks`).
-        ValueError: bad data, a bad option, or an output folder holding another run's results.
+        MissingInputError: missing task files (see `prepare_tasks`).
+        UserError: bad data, or an output folder holding another model's or other settings' results.
 
     Example:
         >>> model, tokenizer = load_model("tiny-llama")
-        >>> evaluate_tasks(model, tokenizer, "boolq", data_dir, "out", limit=8)["tasks"]["boolq"]["accuracy"]
+        >>> evaluate(model, tokenizer, EvalConfig(base_model="tiny-llama", tasks=("boolq",), limit=8))
     """
-    prepared = prepare_tasks(tasks, data_dir, skip_missing)
-    return evaluate_prepared(model, tokenizer, prepared, output_dir, **options)
+    from llm_adapters.methods import adapter_identity
+    from llm_adapters.models import base_identity
+
+    prepared = prepared or prepare_tasks(config, tasks)
+    trained = _adapter_training(config)
+    template = config.template or trained.get("template", "original")
+    if config.template is None and "template" in trained:
+        print(f"[evaluate] template {template}: the one the adapter was trained with ({config.adapter}/manifest.json);"
+              " --template overrides it", flush=True)
+    decode = DecodeConfig.for_protocol(config.protocol, config.batch_size, config.max_new_tokens, config.rules)
+    if prepared.data:  # a chat template missing from the tokenizer fails here, before any work
+        build_prompt(prepared.data[0].records[0]["instruction"], template=template, tokenizer=tokenizer)
+    if config.scoring == "loglik" and any(d.task.answer_type != "label" for d in prepared.data):
+        warnings.warn("log-likelihood scoring needs a label set: the math tasks are scored by generation")
+    base_name = config.base_model or getattr(model, "name_or_path", None) or type(model).__name__
+    identity = {"base_model": base_identity(base_name), "adapter": adapter_identity(model)}
+    output_dir = Path(config.output_dir) if config.output_dir else config.default_output_dir()
+    plan = rundir.plan(output_dir, identity, overwrite="different" if config.overwrite else False,
+                       what="--output-dir")
+    rundir.begin(output_dir, plan, identity, record={"base_model": base_name, "adapter": config.adapter})
+    parameter = next(model.parameters())
+    model_record = {"model": base_name, "adapter": config.adapter, "model_identity": identity,
+                    "provenance": provenance(device=str(parameter.device), dtype=str(parameter.dtype)
+                                             .removeprefix("torch."))}
+    settings = _Settings(template, decode, config)
+    summaries = {d.task.name: _evaluate_task(model, tokenizer, d, output_dir, settings, model_record,
+                                             trained.get("cutoff_len")) for d in prepared.data}
+    table = results_table(output_dir, prepared.skipped)
+    write_text_atomic(output_dir / "results.md", table)
+    return {"tasks": summaries, "skipped": prepared.skipped, "table": table, "output_dir": str(output_dir)}
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text.rstrip("/")).name).strip("-") or "model"
+def evaluate_tasks(model: Any, tokenizer: Any, tasks: str | list[str] | list[Task], data_dir: str | Path | None,
+                   output_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """`evaluate` with the tasks, data folder and output folder given directly; `fields` are other EvalConfig
+    fields (limit, batch_size, template, protocol, scoring, rules, max_new_tokens, base_model, adapter,
+    overwrite, progress, skip_missing).
 
+    Example:
+        >>> evaluate_tasks(model, tokenizer, "gsm8k,boolq", "data", "runs/eval", limit=20)["table"]
+    """
+    records = [t for t in tasks if isinstance(t, Task)] if isinstance(tasks, list) else []
+    names = tasks if not records else ("all",)  # Task records need not be in the registry: passed as they are
+    config = EvalConfig(tasks=names, data_dir=str(data_dir) if data_dir else None, output_dir=str(output_dir),
+                        **fields)
+    return evaluate(model, tokenizer, config, tasks=records or None)
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    """The `evaluate` command: validate the data, load the model (and adapter), evaluate, print the table."""
-    from llm_adapters.models import load_model
-
-    prepared = prepare_tasks(args.tasks, args.data_dir, args.skip_missing)
-    model, tokenizer = load_model(args.base_model)
-    if args.adapter:
-        from llm_adapters.methods import load_adapter
-
-        model = load_adapter(model, args.adapter)
-    output_dir = args.output_dir or Path("runs") / "eval" / "-".join(
-        _slug(x) for x in (args.base_model, args.adapter) if x)
-    result = evaluate_prepared(
-        model, tokenizer, prepared, output_dir, batch_size=args.batch_size, limit=args.limit,
-        template=args.template, protocol=args.protocol, scoring=args.scoring, rules=args.rules,
-        max_new_tokens=args.max_new_tokens, model_name=args.base_model, adapter_name=args.adapter,
-        overwrite=args.overwrite, progress=not args.no_progress)
-    print(result["table"], end="")
-    print(f"results in {output_dir}/ (results.md, <task>/summary.json, <task>/predictions.jsonl)")
-    return 0

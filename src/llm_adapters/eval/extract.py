@@ -8,7 +8,8 @@
   "answer:", "answer =" or "####" to the next newline or full stop) that names one: the first number after
   its last "=", else its first number; else the last number of the text. "$", "%", thousands separators, a
   trailing period and a unicode minus are tolerated, and "a/b" is a fraction. Letters: the
-  first stand-alone capital A-E of the answer sentence, else a letter that opens the response. Labels: the
+  first stand-alone capital A-E of the answer sentence, else a letter in option form that opens the response
+  ("(B) ...", "B) ...", or "B" alone): the article of "A car travels..." is not an answer. Labels: the
   first label matched case-insensitively as a whole word. For all three, a response that loops (one unit of
   8-200 characters, 4 times in a row) ends after the 4th copy: the rest carries nothing.
 
@@ -26,6 +27,7 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 
 from llm_adapters.data.tasks import TASKS, Task
+from llm_adapters.errors import UserError
 
 Rules = Literal["default", "original"]
 RULES: tuple[str, ...] = ("default", "original")
@@ -39,7 +41,8 @@ _NUMBER = re.compile(r"(?:(?<!\w)-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(
 # Where an answer sentence starts ("The answer is", "Answer:", "answer =", GSM8K's "####").
 _MARKER = re.compile(r"\banswer\s*(?:is\b|=|:)|####", re.IGNORECASE)
 _LETTER = re.compile(r"(?<![A-Za-z])[A-E](?![A-Za-z])")
-_OPENING_LETTER = re.compile(r"^\(?([A-E])(?![A-Za-z])")
+# A response that opens with its choice in option form: "(B) ...", "B) ...", or the letter alone ("B", "B.").
+_OPENING_LETTER = re.compile(r"^(?:\(([A-E])\)|([A-E])\)|([A-E])\.?$)")
 _WORD = r"A-Za-z0-9_"
 # A loop: one unit of 8-200 characters holding 3+ distinct letters or digits, 4 times in a row (a row of
 # dashes or "1 + 1 + 1 + 1" is not a loop).
@@ -192,7 +195,7 @@ def extract_letter(text: str, rules: Rules = "default") -> str | None:
     if named is not None:
         return named[0]
     opening = _OPENING_LETTER.match(text.strip())
-    return opening.group(1) if opening else None
+    return next(letter for letter in opening.groups() if letter) if opening else None
 
 
 def _label_pattern(labels: tuple[str, ...], final: bool) -> re.Pattern[str]:
@@ -223,13 +226,13 @@ def _task(task: Task | str) -> Task:
     if isinstance(task, Task):
         return task
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; accepted tasks: {', '.join(TASKS)}")
+        raise UserError(f"unknown task {task!r}; accepted tasks: {', '.join(TASKS)}")
     return TASKS[task]
 
 
 def _check_rules(rules: str) -> None:
     if rules not in RULES:
-        raise ValueError(f"unknown rules {rules!r}; accepted: {', '.join(RULES)}")
+        raise UserError(f"unknown rules {rules!r}; accepted: {', '.join(RULES)}")
 
 
 def extract_answer(task: Task | str, text: str, rules: Rules = "default") -> Answer:

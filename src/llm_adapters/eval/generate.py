@@ -24,6 +24,8 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from llm_adapters.data.tasks import Task
+from llm_adapters.data.templates import adds_special_tokens, encode_pair
+from llm_adapters.errors import UserError
 from llm_adapters.eval.extract import answer_complete
 
 Protocol = Literal["fast", "original"]
@@ -63,15 +65,22 @@ class DecodeConfig:
         if self.stop_rules and self.num_beams > 1:
             problems.append("stop rules need greedy decoding (num_beams=1)")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UserError("; ".join(problems))
 
     @classmethod
-    def for_protocol(cls, protocol: Protocol, batch_size: int | None = None,
-                     max_new_tokens: int | None = None) -> "DecodeConfig":
-        """The protocol's settings; `batch_size` defaults to 32 (fast) or 1 (original, as its authors ran it)."""
+    def for_protocol(cls, protocol: Protocol, batch_size: int | None = None, max_new_tokens: int | None = None,
+                     rules: str = "default") -> "DecodeConfig":
+        """The protocol's settings; `batch_size` defaults to 32 (fast) or 1 (original, as its authors ran it).
+
+        The stop rule ends a row once the `default` rules' answer is settled, which is exactly where those rules
+        stop reading; the `original` rules read the whole generation (the last number, say), so with them the
+        rows run to EOS or the budget, as the original's did.
+        """
         if protocol == "original":
-            return cls("original", batch_size or 1, max_new_tokens, num_beams=4, stop_rules=False)
-        return cls(protocol, batch_size or 32, max_new_tokens)
+            return cls("original", 1 if batch_size is None else batch_size, max_new_tokens, num_beams=4,
+                       stop_rules=False)
+        return cls(protocol, 32 if batch_size is None else batch_size, max_new_tokens,
+                   stop_rules=rules == "default")
 
     def settings(self, task: Task) -> dict[str, Any]:
         """The settings used for `task`, as written into summary.json."""
@@ -91,14 +100,18 @@ class Generation:
 class AnswerStop(StoppingCriteria):
     """Per-row stop rule: True for a row once the text generated after the prompt completes its answer.
 
+    `generate` calls it after each new token, so at the first call the last column is the first new token: the
+    new tokens are counted from there, whatever the sequence holds before them (the prompt-learning `generate`
+    puts virtual-token placeholders in front of the padded prompt).
+
     Args:
         tokenizer: decodes the new tokens.
         task: whose answer type decides completeness.
-        prompt_width: the padded prompt length; tokens from there on are new.
     """
 
-    def __init__(self, tokenizer: Any, task: Task, prompt_width: int) -> None:
-        self.tokenizer, self.task, self.prompt_width = tokenizer, task, prompt_width
+    def __init__(self, tokenizer: Any, task: Task) -> None:
+        self.tokenizer, self.task = tokenizer, task
+        self.start: int | None = None  # column of the first new token
         self.done: torch.Tensor | None = None
         self.stopped_at: dict[int, int] = {}  # row -> number of new tokens when its answer completed
         self.checked: dict[int, int] = {}  # row -> length of text already found loop-free
@@ -106,7 +119,8 @@ class AnswerStop(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         if self.done is None:
             self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        new = input_ids[:, self.prompt_width:]
+            self.start = input_ids.shape[1] - 1
+        new = input_ids[:, self.start:]
         rows = (~self.done).nonzero().flatten().tolist()
         texts = self.tokenizer.batch_decode(new[rows], skip_special_tokens=True)
         for row, text in zip(rows, texts):
@@ -123,11 +137,11 @@ def _end_of_text_ids(model: Any, tokenizer: Any) -> set[int]:
     return {i for i in ids + [tokenizer.eos_token_id] if i is not None}
 
 
-def prompt_lengths(tokenizer: Any, prompts: list[str], add_special_tokens: bool = True) -> list[int]:
+def prompt_lengths(tokenizer: Any, prompts: list[str], template: str = "original") -> list[int]:
     """Token count of each prompt."""
     if not prompts:  # a finished task being resumed; tokenizers fail on an empty batch
         return []
-    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
+    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=adds_special_tokens(template))["input_ids"]]
 
 
 def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -203,7 +217,7 @@ def _hf_generate(model: Any, tokenizer: Any, batch: Any, task: Task, config: Dec
     """`model.generate`: beam search, no KV cache, and prompt-learning adapters (whose virtual tokens PEFT
     inserts inside `generate`)."""
     width = batch["input_ids"].shape[1]  # (batch, width): pads on the left, masked out
-    stop = AnswerStop(tokenizer, task, width) if config.stop_rules else None
+    stop = AnswerStop(tokenizer, task) if config.stop_rules else None
     output = model.generate(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
         max_new_tokens=config.max_new_tokens or task.max_new_tokens, do_sample=False,
@@ -219,7 +233,7 @@ def _hf_generate(model: Any, tokenizer: Any, batch: Any, task: Task, config: Dec
 
 @torch.no_grad()
 def generate_batch(model: Any, tokenizer: Any, prompts: list[str], task: Task, config: DecodeConfig,
-                   add_special_tokens: bool = True) -> list[Generation]:
+                   template: str = "original") -> list[Generation]:
     """Generate the responses to one batch of prompts.
 
     Greedy decoding with the KV cache runs our own loop, which drops finished rows (`_greedy_pruned`); beam
@@ -232,42 +246,44 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str], task: Task, c
         prompts: the full prompts.
         task: gives the generation budget and the stop rule.
         config: decoding settings.
-        add_special_tokens: False for chat-template prompts, which carry their own.
+        template: the prompts' template (a chat template's prompts carry their own special tokens).
 
     Raises:
-        ValueError: a tokenizer that pads on the right or has no pad token.
+        UserError: a tokenizer that pads on the right or has no pad token.
     """
     if tokenizer.padding_side != "left" or tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer must pad on the left and have a pad token (models.prepare_tokenizer)")
+        raise UserError("the tokenizer must pad on the left and have a pad token (models.prepare_tokenizer)")
     model.eval()
     device = next(model.parameters()).device
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(device)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True,
+                      add_special_tokens=adds_special_tokens(template)).to(device)
     if config.num_beams == 1 and config.use_cache and not _is_prompt_learning(model):
         return _greedy_pruned(model, tokenizer, batch, task, config)
     return _hf_generate(model, tokenizer, batch, task, config)
 
 
 @torch.no_grad()
-def continuation_logliks(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], *, batch_size: int = 8,
-                         add_special_tokens: bool = True) -> list[float]:
+def continuation_logliks(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], *, template: str = "original",
+                         batch_size: int = 8) -> list[float]:
     """Sum of log-probabilities of each continuation given its context (lm-eval's loglikelihood).
 
-    The context is tokenized alone and the whole text (context + continuation) in one piece; the continuation
-    is the whole text's tokens after the context's, as in lm-eval and as the text is tokenized in training.
-    Rows are padded on the right, so positions need no correction; virtual tokens a prompt-learning adapter
-    prepends to the logits are dropped by keeping the last `width` positions.
+    Context and continuation are tokenised apart, as training tokenises a prompt and its response
+    (`templates.encode_pair`): the continuation's tokens are those the model was trained to produce after that
+    prompt (tokenised as one text, the original template's trailing spaces would merge with the continuation's
+    first word). Rows are padded on the right, so positions need no correction; virtual tokens a prompt-learning
+    adapter prepends to the logits are dropped by keeping the last `width` positions.
 
     Args:
         pairs: (context, continuation) strings.
+        template: the prompts' template (whether the tokenizer adds special tokens).
         batch_size: sequences per forward pass.
     """
     model.eval()
     device = next(model.parameters()).device
     encoded = []
     for context, continuation in pairs:
-        whole = tokenizer(context + continuation, add_special_tokens=add_special_tokens)["input_ids"]
-        n_context = len(tokenizer(context, add_special_tokens=add_special_tokens)["input_ids"])
-        encoded.append((whole, max(1, min(n_context, len(whole) - 1))))
+        context_ids, continuation_ids = encode_pair(tokenizer, context, continuation, template)
+        encoded.append((context_ids + continuation_ids, len(context_ids)))
     scores: list[float] = []
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]

@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llm_adapters.errors import UserError
+from llm_adapters.files import append_jsonl, write_jsonl_atomic
+
 Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
 
 
@@ -72,7 +75,7 @@ class PredictionLog:
                 record = json.loads(line) if line.strip() else None
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 if not is_last:
-                    raise ValueError(
+                    raise UserError(
                         f"{self.path}: line {number} is damaged ({error}); remove it or the file") from error
                 record = None
             if is_last and line:  # a line without its newline was torn by a kill: drop it
@@ -85,18 +88,8 @@ class PredictionLog:
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Append records, one line each, and fsync, so that they survive a kill."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_jsonl(self.path, records)
 
     def rewrite_sorted(self, records: dict[int, dict[str, Any]]) -> None:
         """Replace the file atomically with `records` in index order."""
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for index in sorted(records):
-                handle.write(json.dumps(records[index], ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        write_jsonl_atomic(self.path, (records[index] for index in sorted(records)))

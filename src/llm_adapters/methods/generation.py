@@ -8,7 +8,8 @@ materialised:
 
 - the sequence is [vt placeholder ids][left padding][prompt], with attention mask [1]*vt + mask, so position ids
   derived from the mask count the virtual tokens first and skip the padding, exactly as for a prompt alone;
-- prefix tuning: the prefix K/V go in as a pre-filled cache of length vt, so only the placeholders are "cached";
+- prefix tuning: the prefix K/V go in as a pre-filled cache of length vt, so only the placeholders are "cached"
+  (repeated per beam for beam search, which `generate` does not do for a cache it is given);
 - prompt tuning / P-tuning: the prompt embeddings go in as `inputs_embeds` for the first step.
 The placeholders are cut from the returned sequences, so callers see the usual [prompt][new tokens].
 """
@@ -20,6 +21,8 @@ import torch
 from peft import PeftModelForCausalLM
 from peft.utils import PeftType
 
+from llm_adapters.errors import UserError
+
 
 class PromptLearningForCausalLM(PeftModelForCausalLM):
     """PeftModelForCausalLM whose `generate` is correct for prompt learning in left-padded batches."""
@@ -30,17 +33,24 @@ class PromptLearningForCausalLM(PeftModelForCausalLM):
             return self.get_base_model().generate(*args, **kwargs)
         input_ids = kwargs.pop("input_ids", args[0] if args else None)
         if input_ids is None:
-            raise ValueError("prompt-learning generation needs input_ids")
+            raise UserError("prompt-learning generation needs input_ids")
         attention_mask = kwargs.pop("attention_mask", None)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         batch, vt = input_ids.shape[0], config.num_virtual_tokens
+        base = self.get_base_model()
         placeholder = torch.full((batch, vt), _placeholder_id(self), dtype=input_ids.dtype, device=input_ids.device)
         full_ids = torch.cat([placeholder, input_ids], dim=1)
         full_mask = torch.cat([torch.ones_like(placeholder, dtype=attention_mask.dtype), attention_mask], dim=1)
-        base = self.get_base_model()
         if config.peft_type == PeftType.PREFIX_TUNING:
-            kwargs["cache"] = self.get_prompt(batch_size=batch)
+            cache = self.get_prompt(batch_size=batch)
+            # `generate` repeats the inputs for each beam (row i -> rows i*beams .. i*beams + beams - 1), but not a
+            # cache passed in: repeat the prefix the same way.
+            beams = kwargs.get("num_beams") or getattr(kwargs.get("generation_config"), "num_beams", None) \
+                or base.generation_config.num_beams or 1
+            if beams > 1:
+                cache.batch_repeat_interleave(beams)
+            kwargs["cache"] = cache
         else:
             embeds = base.get_input_embeddings()(input_ids)
             prompts = self.get_prompt(batch_size=batch).to(embeds.dtype)

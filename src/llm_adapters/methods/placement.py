@@ -2,8 +2,9 @@
 
 Each architecture names four roles: the attention input projections (`qkv`), the attention output projection
 (`attn_out`), the MLP's input projection(s) (`mlp_up`) and its output projection (`mlp_down`). A method maps
-`attn` / `mlp` to roles, following the paper's meaning (LoRA mlp = up and down; Series mlp = after the MLP
-output projection; Parallel mlp = beside up and down). Names are suffixes, matched as PEFT does
+`attn` / `mlp` to roles (`registry.Method.placements`), following the paper's meaning (LoRA mlp = up and down;
+Series mlp = after the MLP output projection; Parallel mlp = beside up and down). Names are suffixes, matched as
+PEFT does
 (`name == target or name.endswith("." + target)`).
 """
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Sequence
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from llm_adapters.errors import UserError
 
 _LLAMA_LIKE = {"qkv": ["q_proj", "k_proj", "v_proj"], "attn_out": ["o_proj"],
                "mlp_up": ["up_proj"], "mlp_down": ["down_proj"]}
@@ -30,15 +33,7 @@ ROLES: dict[str, dict[str, list[str]]] = {
     "gpt2": {"qkv": ["attn.c_attn"], "attn_out": ["attn.c_proj"], "mlp_up": ["mlp.c_fc"], "mlp_down": ["mlp.c_proj"]},
 }
 
-PLACEMENTS: tuple[str, ...] = ("attn", "mlp", "attn+mlp")
-# method -> placement -> roles. Methods absent here (prompt learning) act on the input, not on modules.
-METHOD_ROLES: dict[str, dict[str, list[str]]] = {
-    "lora": {"attn": ["qkv"], "mlp": ["mlp_up", "mlp_down"]},
-    "dora": {"attn": ["qkv"], "mlp": ["mlp_up", "mlp_down"]},
-    "ia3": {"attn": ["qkv"], "mlp": ["mlp_down"]},
-    "series": {"attn": ["attn_out"], "mlp": ["mlp_down"]},
-    "parallel": {"attn": ["qkv"], "mlp": ["mlp_up", "mlp_down"]},
-}
+PLACEMENTS: tuple[str, ...] = ("attn", "mlp", "attn+mlp")  # what each covers per method: registry.Method
 
 
 def _linear_names(model: nn.Module) -> list[str]:
@@ -63,7 +58,7 @@ def _check_exist(model: nn.Module, targets: Sequence[str], what: str) -> None:
     names = _linear_names(model)
     missing = [t for t in targets if not any(_matches(name, t) for name in names)]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{what}: no module named {', '.join(repr(m) for m in missing)} in this "
             f"{model_type(model)} model; its Linear modules are: {', '.join(adaptable_module_names(model))}"
         )
@@ -74,12 +69,13 @@ def model_type(model: nn.Module) -> str:
     return getattr(config, "model_type", type(model).__name__)
 
 
-def resolve(model: nn.Module, method: str, placement: str | Sequence[str]) -> dict[str, list[str]]:
-    """Module names for `method` at `placement`, grouped by role (explicit names go under "explicit").
+def resolve(model: nn.Module, method_roles: dict[str, list[str]], placement: str | Sequence[str]
+            ) -> dict[str, list[str]]:
+    """Module names for a method at `placement`, grouped by role (explicit names go under "explicit").
 
     Args:
         model: the base model (for its architecture and to check that the modules exist).
-        method: a method with module placement (see METHOD_ROLES).
+        method_roles: the method's roles per placement (`Method.placements`: attn -> [qkv], mlp -> [...]).
         placement: `attn`, `mlp`, `attn+mlp`, or a list (or comma-separated string) of module names.
 
     Raises:
@@ -92,11 +88,11 @@ def resolve(model: nn.Module, method: str, placement: str | Sequence[str]) -> di
         return {"explicit": placement}
     arch = model_type(model)
     if arch not in ROLES:
-        raise ValueError(
+        raise UserError(
             f"no placement table for architecture {arch!r} (known: {', '.join(ROLES)}); pass module names "
             f"instead, e.g. --placement {','.join(adaptable_module_names(model)[:3])}"
         )
-    roles = [role for part in placement.split("+") for role in METHOD_ROLES[method][part]]
+    roles = [role for part in placement.split("+") for role in method_roles[part]]
     resolved = {role: list(ROLES[arch][role]) for role in roles}
     _check_exist(model, [n for names in resolved.values() for n in names], f"placement {placement!r}")
     return resolved
@@ -111,7 +107,7 @@ def _parse(model: nn.Module, placement: str | Sequence[str]) -> str | list[str]:
     else:
         names = [str(part) for part in placement]
     if len(names) == 1 and "." not in names[0] and names[0] not in _all_names(model):
-        raise ValueError(
+        raise UserError(
             f"unknown placement {names[0]!r}; accepted: {', '.join(PLACEMENTS)}, or module names of this "
             f"{model_type(model)} model: {', '.join(adaptable_module_names(model))}"
         )

@@ -14,7 +14,7 @@ INITS = ("zeros", "paper")
 
 @dataclass
 class BottleneckConfig(PeftConfig):
-    """A bottleneck adapter A(z) = up(act(drop(down(z)))) around each target Linear, scaled by s.
+    """A bottleneck adapter A(z) = up(act(down(drop(z)))) around each target Linear, scaled by s.
 
     series, output side (AdapterP, the paper's "after the MLP"): y = Wx + b; y <- y + s*A(y)
     series, input side (the original's "mh_adapter"):           y = W(x + s*A(x)) + b
@@ -37,7 +37,7 @@ class BottleneckConfig(PeftConfig):
     )
     bottleneck_size: int = field(default=256, metadata={"help": "Width of the bottleneck (down-projection size)."})
     non_linearity: str = field(default="tanh", metadata={"help": "Activation between down and up: any ACT2FN key."})
-    adapter_dropout: float = field(default=0.0, metadata={"help": "Dropout on the bottleneck activations, in [0, 1)."})
+    adapter_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input, in [0, 1)."})
     scaling: Union[float, str] = field(
         default=1.0, metadata={"help": "Scale s of the adapter output: a number, or 'learned' (a trained scalar, init 1)."}
     )

@@ -84,10 +84,11 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         return self.adapter_fixed_scale[adapter_name]
 
     def bottleneck(self, adapter_name: str, z: torch.Tensor) -> torch.Tensor:
-        """s * A(z) = s * up(act(drop(down(z)))), computed in fp32 and returned in z's dtype."""
-        hidden = self.adapter_down[adapter_name](z.to(torch.float32))
-        hidden = self.adapter_act[adapter_name](self.adapter_dropout[adapter_name](hidden))
-        return (self.scale(adapter_name) * self.adapter_up[adapter_name](hidden)).to(z.dtype)
+        """s * A(z) = s * up(act(down(drop(z)))), computed in fp32 and returned in z's dtype; dropout on the
+        adapter's input, as in the original."""
+        hidden = self.adapter_down[adapter_name](self.adapter_dropout[adapter_name](z.to(torch.float32)))
+        return (self.scale(adapter_name) * self.adapter_up[adapter_name](self.adapter_act[adapter_name](hidden))
+                ).to(z.dtype)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from llm_adapters.data.build import BuildResult, Record, finish, make_record
-from llm_adapters.data.build_math import math_output
+from llm_adapters.data.builders.base import BuildResult, Record, finish, make_record
+from llm_adapters.data.builders.math import math_output
+from llm_adapters.errors import UserError
 
 Op = Literal["+", "-", "*", "/"]
 OPS: tuple[str, ...] = ("+", "-", "*", "/")
@@ -130,7 +131,7 @@ class SyntheticOptions:
         if not 0 < self.test_fraction < 1:
             problems.append(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UserError("; ".join(problems))
 
 
 def in_test_split(question: str, test_fraction: float = 0.2) -> bool:
@@ -214,7 +215,7 @@ def generate_problems(options: SyntheticOptions | None = None) -> list[Problem]:
             problems.append(problem)
             if len(problems) == options.n:
                 return problems
-    raise ValueError(f"found only {len(problems)} distinct problems for these options; lower n or widen ops/steps")
+    raise UserError(f"found only {len(problems)} distinct problems for these options; lower n or widen ops/steps")
 
 
 def build_synthetic_arithmetic(

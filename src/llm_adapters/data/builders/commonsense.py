@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from llm_adapters.data.build import (
+from llm_adapters.data.builders.base import (
     BuildResult,
     MixOptions,
     Record,
@@ -27,11 +27,12 @@ from llm_adapters.data.build import (
     make_record,
     mix,
     resolve_extra_dir,
-    resolve_layout_dir,
     source_stats,
 )
-from llm_adapters.data.io import read_jsonl_text, read_records
+from llm_adapters.data.io import read_jsonl_text, read_records, resolve_layout_dir
+from llm_adapters.errors import MissingInputError, UserError
 from llm_adapters.data.tasks import GROUPS, TASKS, resolve_tasks
+from llm_adapters.data.templates import choice_response
 
 WinograndeSize = Literal["xs", "s", "m", "l"]
 WINOGRANDE_SIZES: tuple[str, ...] = ("xs", "s", "m", "l")  # nested official splits; xl (40k) is not in the store
@@ -88,7 +89,7 @@ def boolq_instruction(question: str) -> str:
 
 def label_record(instruction: str, label: str) -> Record:
     """A commonsense record: output "the correct answer is <label>", answer "<label>"."""
-    return make_record(instruction, f"the correct answer is {label}", label)
+    return make_record(instruction, choice_response(label), label)
 
 
 def _check_in_format(task: str, record: dict, path: Path, index: int) -> None:
@@ -96,16 +97,16 @@ def _check_in_format(task: str, record: dict, path: Path, index: int) -> None:
     where = f"{path}, record {index}"
     header = BOOLQ_HEADER if task == "boolq" else FORMATS[task].header
     if not record["instruction"].startswith(header):
-        raise ValueError(f"{where}, field 'instruction': does not start with {header!r}")
+        raise UserError(f"{where}, field 'instruction': does not start with {header!r}")
     if "Answer format: " not in record["instruction"]:
-        raise ValueError(f"{where}, field 'instruction': has no 'Answer format:' line")
+        raise UserError(f"{where}, field 'instruction': has no 'Answer format:' line")
     if record["answer"] not in TASKS[task].labels:
         accepted = ", ".join(TASKS[task].labels)
-        raise ValueError(f"{where}, field 'answer': {record['answer']!r} is not one of {accepted}")
-    if record["output"] != f"the correct answer is {record['answer']}":
-        raise ValueError(f"{where}, field 'output': {record['output']!r} is not 'the correct answer is <answer>'")
+        raise UserError(f"{where}, field 'answer': {record['answer']!r} is not one of {accepted}")
+    if record["output"] != choice_response(record["answer"]):
+        raise UserError(f"{where}, field 'output': {record['output']!r} is not 'the correct answer is <answer>'")
     if record["input"] != "":
-        raise ValueError(f"{where}, field 'input': not empty")
+        raise UserError(f"{where}, field 'input': not empty")
 
 
 def _in_format(task: str, path: Path, note: str = "") -> tuple[list[Record], SourceStats]:
@@ -120,10 +121,10 @@ def _in_format(task: str, path: Path, note: str = "") -> tuple[list[Record], Sou
 def _labelled(rows: list[dict], labels: list[str], path: Path, accepted: tuple[str, ...]) -> list[tuple[dict, str]]:
     """Pair raw rows with their label lines; a count mismatch or an unknown label is an error."""
     if len(rows) != len(labels):
-        raise ValueError(f"{path}: {len(rows)} items but {len(labels)} labels")
+        raise UserError(f"{path}: {len(rows)} items but {len(labels)} labels")
     for i, label in enumerate(labels):
         if label not in accepted:
-            raise ValueError(f"{path}: label line {i + 1} is {label!r}; accepted: {', '.join(accepted)}")
+            raise UserError(f"{path}: label line {i + 1} is {label!r}; accepted: {', '.join(accepted)}")
     return list(zip(rows, labels))
 
 
@@ -154,7 +155,7 @@ def _winogrande(extra: Path, options: CommonsenseOptions) -> tuple[list[Record],
     records = []
     for i, (row, label) in enumerate(_labelled(rows, labels, label_path, ("1", "2"))):
         if "answer" in row and str(row["answer"]) != label:
-            raise ValueError(f"{path}, record {i}, field 'answer': {row['answer']!r} but the label file says {label}")
+            raise UserError(f"{path}, record {i}, field 'answer': {row['answer']!r} but the label file says {label}")
         instruction = choice_instruction("winogrande", row["sentence"], [row["option1"], row["option2"]])
         records.append(label_record(instruction, f"option{label}"))
     stats.read = len(rows)
@@ -169,9 +170,9 @@ def _hellaswag(extra: Path, options: CommonsenseOptions) -> tuple[list[Record], 
     for i, row in enumerate(rows):
         endings, label = row.get("endings"), row.get("label")
         if not isinstance(endings, list) or len(endings) != 4:
-            raise ValueError(f"{path}, record {i}, field 'endings': not a list of 4 endings")
+            raise UserError(f"{path}, record {i}, field 'endings': not a list of 4 endings")
         if str(label) not in ("0", "1", "2", "3"):
-            raise ValueError(f"{path}, record {i}, field 'label': {label!r} is not one of 0, 1, 2, 3")
+            raise UserError(f"{path}, record {i}, field 'label': {label!r} is not one of 0, 1, 2, 3")
         question = f"{row['activity_label']}: {row['ctx']}"
         records.append(label_record(choice_instruction("hellaswag", question, endings), f"ending{int(label) + 1}"))
     stats.read = len(rows)
@@ -250,4 +251,4 @@ def _load(task: str, folder: Path, options: CommonsenseOptions) -> tuple[list[Re
     try:
         return SOURCES[task][1](folder, options)
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{task}: {error}; leave the task out with --tasks") from error
+        raise MissingInputError(f"{task}: {error}; leave the task out with --tasks") from error

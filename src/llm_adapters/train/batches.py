@@ -1,9 +1,8 @@
-"""Training data: records -> token ids with masked labels -> micro-batches (length-grouped, packed or padded).
+"""Training batches: records -> token ids with masked labels -> micro-batches (length-grouped, packed or padded).
 
-Label masking. The prompt and the response are tokenised separately and their ids concatenated, so the boundary
-is exact (tokenising the full text can merge the prompt's last characters with the response's first, which
-shifts the boundary by a token; at generation time the model also sees the prompt tokenised alone). EOS follows
-the response. Labels are -100 on the prompt unless `train_on_inputs`.
+Label masking. The prompt and the response are tokenised apart and their ids concatenated
+(`templates.encode_pair`, which log-likelihood scoring uses too), so the boundary is exact. EOS follows the
+response. Labels are -100 on the prompt unless `train_on_inputs`.
 
 Truncation at `cutoff_len` keeps the first tokens. A truncated example has no EOS, as in the original: its
 response goes on past the cut, so teaching the model to stop there would be wrong. Truncated examples are
@@ -12,17 +11,16 @@ no micro-batch can be left without a label token (no NaN losses).
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
+from transformers import DataCollatorWithFlattening
 
-from llm_adapters.data.io import read_records, sha256_file
-from llm_adapters.data.templates import build_training_text
+from llm_adapters.data.templates import build_training_text, encode_pair
+from llm_adapters.errors import UserError
 
 IGNORE = -100  # label of a token that gets no loss (PyTorch's cross-entropy default ignore_index)
 # Architectures whose attention keeps packed examples apart when given restarting position_ids and no attention
@@ -54,30 +52,6 @@ class EncodeStats:
         return data
 
 
-def read_training_records(path: str | Path) -> list[dict[str, Any]]:
-    """Instruction records ({instruction, input, output}; `input` optional, `answer` unused), validated.
-
-    Raises:
-        FileNotFoundError: no such file or folder.
-        ValueError: bad JSON, or a record without a string `instruction`/`output` (named by file, index, field).
-    """
-    records = read_records(path, required_fields=("instruction", "output"))
-    for index, record in enumerate(records):
-        if not isinstance(record["input"], str):
-            raise ValueError(f"{path}, record {index}, field 'input': expected a string, got "
-                             f"{type(record['input']).__name__}")
-    return records
-
-
-def sha256_path(path: str | Path) -> str:
-    """sha256 of a file; of a folder (a saved HF dataset), the sha256 of its files' names and sha256s, sorted."""
-    path = Path(path)
-    if not path.is_dir():
-        return sha256_file(path)
-    listing = "".join(f"{p.relative_to(path)}\0{sha256_file(p)}\n" for p in sorted(path.rglob("*")) if p.is_file())
-    return hashlib.sha256(listing.encode()).hexdigest()
-
-
 def split_records(records: Sequence[dict], val_set_size: int, seed: int, max_examples: int | None = None
                   ) -> tuple[list[dict], list[dict]]:
     """(train, validation): a seeded shuffle, the first `val_set_size` for validation, then at most `max_examples`.
@@ -88,7 +62,7 @@ def split_records(records: Sequence[dict], val_set_size: int, seed: int, max_exa
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     if val_set_size >= len(records):
-        raise ValueError(f"val_set_size {val_set_size} leaves no training record (the data has {len(records)})")
+        raise UserError(f"val_set_size {val_set_size} leaves no training record (the data has {len(records)})")
     val = [records[i] for i in order[:val_set_size]]
     train = [records[i] for i in order[val_set_size:]]
     return train[:max_examples] if max_examples else train, val
@@ -100,9 +74,8 @@ def encode_example(record: dict, tokenizer: Any, *, template: str, cutoff_len: i
     train_on_inputs. The response (with EOS) starts at `prompt_len`; if that is >= cutoff_len, none of it is left."""
     prompt, response = build_training_text(record["instruction"], record.get("input", ""), record["output"],
                                            template=template, tokenizer=tokenizer)
-    # A chat template writes its own special tokens into the text; other templates let the tokenizer add BOS.
-    prompt_ids = tokenizer(prompt, add_special_tokens=template != "chat")["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    prompt_ids, response_ids = encode_pair(tokenizer, prompt, response, template)
+    response_ids = response_ids + [tokenizer.eos_token_id]
     input_ids = prompt_ids + response_ids
     labels = (list(prompt_ids) if train_on_inputs else [IGNORE] * len(prompt_ids)) + response_ids
     truncated = len(input_ids) > cutoff_len
@@ -177,23 +150,23 @@ def shared_prefix_length(rows: list[list[int]]) -> int:
 
 
 class PackedCollator:
-    """Concatenates a micro-batch into one padding-free row of shape [1, sum of lengths].
+    """A micro-batch as one padding-free row of shape [1, sum of lengths] (transformers' DataCollatorWithFlattening).
 
     position_ids restart at 0 for each example and there is no attention mask: transformers then builds a
-    block-diagonal causal mask, so attention stays inside each example (PACKING_MODEL_TYPES). shift_labels end
-    every example with -100, so no example is trained to predict the next one's first token.
+    block-diagonal causal mask, so attention stays inside each example (PACKING_MODEL_TYPES); with
+    `flash_attention` the collator also gives the sequence boundaries flash-attention's varlen kernels take. The
+    first label of each example is -100, so shift_labels end every example with -100: no example is trained to
+    predict the next one's first token.
     """
 
-    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        def row(key_values: Iterator[list[int]]) -> torch.Tensor:
-            return torch.tensor([token for values in key_values for token in values], dtype=torch.long)[None]
+    def __init__(self, flash_attention: bool = False):
+        self.flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=flash_attention)
 
-        return {
-            "input_ids": row(f["input_ids"] for f in features),
-            "position_ids": row(list(range(len(f["input_ids"]))) for f in features),
-            "labels": row([IGNORE] + f["labels"][1:] for f in features),
-            "shift_labels": row(_shifted(f["labels"]) for f in features),
-        }
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        batch = self.flatten(features, return_tensors="pt")
+        labels = batch["labels"]  # [1, total]
+        batch["shift_labels"] = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE)], dim=1)
+        return batch
 
 
 class SeededSampler(Sampler[int]):

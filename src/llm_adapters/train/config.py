@@ -1,35 +1,39 @@
 """`FinetuneConfig`: every setting of `llm-adapters finetune`, validated, from YAML and/or `--key value` flags.
 
 A YAML file supplies the values, flags override them; every field is both a YAML key and a flag
-(`cutoff_len` / `--cutoff-len`). Unknown keys are errors naming the key and the accepted ones, and every
-problem of a config is reported in one ValueError. Checks that depend on the machine (CUDA for bf16, fp16 and
-8/4-bit, the architecture for packing) happen when training starts, so a 7B preset validates on a laptop.
+(`cutoff_len` / `--cutoff-len`), through `llm_adapters.config`. Every problem of a config is reported in one error.
+Checks that depend on the machine (CUDA for bf16, fp16 and 8/4-bit, the architecture for packing) happen when
+training starts, so a 7B preset validates on a laptop.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from llm_adapters import config as configs
 from llm_adapters.data.templates import TEMPLATES
+from llm_adapters.errors import UserError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 BATCHING = ("length", "packed", "padded")
-# Settings that may change between a killed run and its resumption (the new value wins); any other
-# difference would make the resumed run a different run, so it is an error.
-RESUME_MAY_CHANGE = ("overwrite", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints")
+REPORT_TO = ("none", "tensorboard", "wandb")
+# Settings that may change between a killed run and its resumption (the new value wins): they change how the run
+# is watched, not what it computes. Every other setting is part of the run's identity (rundir.py).
+RESUME_MAY_CHANGE = ("overwrite", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints", "progress",
+                     "report_to")
+# Inputs named by path in the config but identified by content: data by its sha256, the base model by
+# models.base_identity; output_dir is where the run lives, not what it is.
+IDENTIFIED_BY_CONTENT = ("data", "base_model", "output_dir")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """One fine-tuning run. Defaults follow the paper's LoRA run (original-system.md A.4/B.6), except
-    `train_on_inputs` (the original's default was True) and the precision (fp32; the original used fp16 AMP)."""
+    `train_on_inputs` (the original's default was True) and the precision (auto: bf16 on a GPU that has it, fp32
+    on the CPU; the original used fp16 AMP)."""
 
     # I/O
     data: str = field(default="", metadata={"help": "training data: LLM-Adapters JSON list, JSONL, or saved HF dataset"})
@@ -63,8 +67,9 @@ class FinetuneConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: off)"})
     seed: int = field(default=42, metadata={"help": "seed of the split, the data order, dropout and adapter init"})
     # system
-    precision: str = field(default="fp32", metadata={
-        "help": "fp32; bf16 or fp16 (base weights in that dtype, adapter fp32, autocast) need a GPU that has them"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto (bf16 on a GPU that has it, else fp32), fp32; bf16 or fp16 (base weights in that dtype, adapter "
+                "fp32, autocast) need a GPU that has them"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations: less memory, slower"})
     load_in_8bit: bool = field(default=False, metadata={"help": "8-bit base weights (bitsandbytes, CUDA only)"})
     load_in_4bit: bool = field(default=False, metadata={"help": "4-bit NF4 base weights (bitsandbytes, CUDA only)"})
@@ -76,16 +81,21 @@ class FinetuneConfig:
         "help": "run the prompt prefix that all rows of a micro-batch share (the template header) once and reuse "
                 "its keys/values: same loss and gradients without dropout; with dropout, its dropout mask is "
                 "shared by the rows (off for packed batches, prompt learning and gradient checkpointing)"})
-    logging_steps: int = field(default=10, metadata={"help": "log the training loss every N optimiser steps"})
+    logging_steps: int = field(default=10, metadata={
+        "help": "print the training loss every N optimiser steps (loss_log.jsonl holds every step)"})
     eval_steps: int = field(default=80, metadata={"help": "validation loss every N steps (with val_set_size > 0)"})
     save_steps: int = field(default=80, metadata={"help": "checkpoint every N steps (resume point after a kill)"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept while training"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints/ after the run finishes"})
+    progress: bool = field(default=True, metadata={"help": "a progress bar with rate and ETA (--no-progress: plain "
+                                                           "loss lines, for logs)"})
+    report_to: str = field(default="none", metadata={"help": f"also log to: {', '.join(REPORT_TO)} (the Trainer's "
+                                                             "integrations; the package must be installed)"})
 
     def __post_init__(self) -> None:
         problems = list(_problems(self))
         if problems:
-            raise ValueError("invalid finetune config: " + "; ".join(problems))
+            raise UserError("; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,9 +107,18 @@ class FinetuneConfig:
 
         return resolve_spec(self.adapter)
 
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide the run's result (rundir.py): all but the may-change ones and the inputs
+        identified by content; the adapter as its resolved spec (a preset name and its fields are the same run)."""
+        values = {k: v for k, v in self.to_dict().items() if k not in RESUME_MAY_CHANGE + IDENTIFIED_BY_CONTENT}
+        values["adapter"] = self.spec.to_dict()
+        return values
+
+    def may_change(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in RESUME_MAY_CHANGE}
+
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
-_KIND = {name: str(f.type).split(" |")[0] for name, f in FIELDS.items()}  # int, float, bool or str
 
 
 def _problems(c: FinetuneConfig):
@@ -111,7 +130,7 @@ def _problems(c: FinetuneConfig):
     except (ValueError, TypeError) as error:
         yield f"adapter: {error}"
     for name, choices in (("template", TEMPLATES), ("lr_scheduler", SCHEDULES), ("precision", PRECISIONS),
-                          ("batching", BATCHING)):
+                          ("batching", BATCHING), ("report_to", REPORT_TO)):
         if getattr(c, name) not in choices:
             yield f"{name} {getattr(c, name)!r} is not one of {', '.join(choices)}"
     for name in ("cutoff_len", "batch_size", "micro_batch_size", "logging_steps", "eval_steps", "save_steps",
@@ -150,89 +169,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Bring a YAML or flag value to the field's type: PyYAML reads `3e-4` as a string, flags are all strings."""
-    kind = _KIND[name]
-    if value is None or not isinstance(value, str):
-        return float(value) if kind == "float" and _is_int(value) else value
-    if kind == "int":
-        return None if value.lower() in ("null", "none") else _parse(value, int, name)
-    if kind == "float":
-        return _parse(value, float, name)
-    if kind == "bool":
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
-        return value.lower() in ("true", "1", "yes")
-    if name == "adapter" and value.lstrip().startswith("{"):
-        return yaml.safe_load(value)  # a flow mapping on the command line: --adapter '{preset: paper-lora, r: 16}'
-    return value
-
-
-def _parse(value: str, kind: type, name: str) -> Any:
-    try:
-        return kind(value)
-    except ValueError as error:
-        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from error
-
-
-def unknown_key_message(key: str) -> str:
-    close = difflib.get_close_matches(key, FIELDS, n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return f"unknown key {key!r}.{hint} Accepted: {', '.join(FIELDS)}"
-
-
 def load_config(path: str | Path | None = None, **overrides: Any) -> FinetuneConfig:
     """A FinetuneConfig from a YAML file (optional) with `overrides` on top.
 
     Raises:
-        FileNotFoundError: no such YAML file.
-        ValueError: unreadable YAML, unknown keys, or invalid values (all problems in one message).
+        MissingInputError: no such YAML file.
+        UserError: unreadable YAML, unknown keys, or invalid values (all problems in one message).
 
     Example:
         >>> load_config("configs/demo.yaml", max_steps=2).max_steps
         2
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no such config file: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML: {error}") from error
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
-        values.update(loaded or {})
-    values.update(overrides)
-    problems = [unknown_key_message(k) for k in values if k not in FIELDS]
-    coerced = {}
-    for key, value in values.items():
-        if key in FIELDS:
-            try:
-                coerced[key] = _coerce(key, value)
-            except ValueError as error:
-                problems.append(str(error))
-    if problems:
-        where = f"{path}: " if path is not None else ""
-        raise ValueError(f"invalid finetune config: {where}" + "; ".join(problems))
-    return FinetuneConfig(**coerced)
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """`--config FILE` plus one flag per field; flags not given leave the YAML value (or the default) alone."""
-    parser.add_argument("--config", help="YAML file of settings (keys = the flags below, with underscores)")
-    for name, f in FIELDS.items():
-        flag = "--" + name.replace("_", "-")
-        help = f"{f.metadata['help']} (default: {f.default})"
-        if _KIND[name] == "bool":
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help)
-        else:
-            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(), help=help)
-
-
-def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
-    """The config that `--config` plus the given flags describe."""
-    overrides = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
-    return load_config(getattr(args, "config", None), **overrides)
+    return configs.load(FinetuneConfig, path, label="finetune config", **overrides)

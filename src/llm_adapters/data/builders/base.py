@@ -3,43 +3,26 @@
 Every builder (`build_commonsense`, `build_math`, `build_synthetic_arithmetic`, each in its own module) returns
 a `BuildResult` of LLM-Adapters records {instruction, input: "", output, answer} and, given `out`, writes
 `<out>.json` and a provenance sidecar `<out>.provenance.json`: builder, arguments, seed, source files with
-sha256 and counts, what was dropped and why, the test-set overlaps excluded, package version, date.
+sha256 and counts, what was dropped and why, the test-set overlaps excluded, and the provenance block
+(versions, git commit, machine, date).
 
 Training questions that also occur in a test set of the same group are excluded by default (see `overlap`).
 """
 from __future__ import annotations
 
-import datetime as _dt
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from llm_adapters.data.io import ENV_DATA, resolve_data_dir, sha256_file, write_json_atomic
-from llm_adapters.data.io import read_records  # noqa: F401  (re-exported: train_data imports it from here)
+from llm_adapters.data.io import ENV_DATA
 from llm_adapters.data.overlap import MODES, Mode, match_tasks
 from llm_adapters.data.tasks import GROUPS, resolve_tasks
+from llm_adapters.errors import OutputExistsError, UserError
+from llm_adapters.files import sha256_file, write_json_atomic
+from llm_adapters.provenance import provenance as provenance_block
 
 Record = dict[str, str]
-
-
-def resolve_layout_dir(data_dir: str | Path | None = None) -> Path:
-    """The folder that holds `dataset/<name>/test.json` (the LLM-Adapters layout).
-
-    The data directory (`data_dir`, else $LLM_ADAPTERS_DATA, else the cache; see `io.resolve_data_dir`) may be
-    that folder or its parent (the shared `datasets/` folder, whose `llm-adapters/` subfolder is used).
-
-    Raises:
-        FileNotFoundError: no `dataset/` folder there or in its `llm-adapters/` subfolder.
-    """
-    root = resolve_data_dir(data_dir)
-    for candidate in (root, root / "llm-adapters"):
-        if (candidate / "dataset").is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"{root} has no dataset/ folder (expected dataset/<name>/test.json, LLM-Adapters layout); "
-        f"pass --data-dir or set ${ENV_DATA}"
-    )
 
 
 def resolve_extra_dir(extra_dir: str | Path | None, data_dir: Path) -> Path:
@@ -104,7 +87,7 @@ class MixOptions:
         if self.overlap_mode not in MODES:
             problems.append(f"overlap_mode {self.overlap_mode!r}; accepted: {', '.join(MODES)}")
         if problems:
-            raise ValueError("; ".join(problems) + f" ({accepted})")
+            raise UserError("; ".join(problems) + f" ({accepted})")
 
 
 def exclude_overlaps(
@@ -186,8 +169,6 @@ def finish(
     Raises:
         FileExistsError: an output exists and `overwrite` is false.
     """
-    from llm_adapters import __version__
-
     provenance = {
         "builder": builder,
         "arguments": asdict(options),
@@ -195,8 +176,7 @@ def finish(
         "records": len(records),
         "sources": [asdict(s) for s in sources],
         **(extra or {}),
-        "package_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "provenance": provenance_block(),
     }
     result = BuildResult(records, provenance)
     if out is None:
@@ -204,7 +184,7 @@ def finish(
     data_path, sidecar = output_paths(out)
     existing = [str(p) for p in (data_path, sidecar) if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"output exists: {', '.join(existing)}; pass --overwrite to replace it")
+        raise OutputExistsError(f"output exists: {', '.join(existing)}; pass --overwrite to replace it")
     write_json_atomic(data_path, records)
     provenance["output"] = {"path": str(data_path), "sha256": sha256_file(data_path)}
     write_json_atomic(sidecar, provenance)

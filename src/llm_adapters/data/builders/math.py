@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from llm_adapters.data.build import (
+from llm_adapters.data.builders.base import (
     BuildResult,
     MixOptions,
     Record,
@@ -31,10 +31,10 @@ from llm_adapters.data.build import (
     make_record,
     mix,
     resolve_extra_dir,
-    resolve_layout_dir,
     source_stats,
 )
-from llm_adapters.data.io import read_records
+from llm_adapters.data.io import read_records, resolve_layout_dir
+from llm_adapters.errors import UserError
 
 MATH_SOURCES: tuple[str, ...] = ("gsm8k", "mawps", "aqua")
 _OPS: dict[type, Callable[[float, float], float]] = {
@@ -144,7 +144,7 @@ def _gsm8k(data_dir: Path, extra: Path) -> tuple[list[Record], SourceStats]:
         try:
             records.append(gsm8k_record(row["question"], row["answer"]))
         except ValueError as error:
-            raise ValueError(f"{_where(path, i, 'answer')}: {error}") from error
+            raise UserError(f"{_where(path, i, 'answer')}: {error}") from error
     stats.read = len(rows)
     return records, stats
 
@@ -158,7 +158,7 @@ def _mawps(data_dir: Path, extra: Path) -> tuple[list[Record], SourceStats]:
         try:
             answer = float(row["ans"])
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{_where(path, i, 'ans')}: not a number ({row.get('ans')!r})") from error
+            raise UserError(f"{_where(path, i, 'ans')}: not a number ({row.get('ans')!r})") from error
         rationale, reason = equation_rationale(row["equation"], answer)
         if rationale is None:
             stats.drop(reason)
@@ -176,11 +176,11 @@ def _aqua(data_dir: Path, extra: Path) -> tuple[list[Record], SourceStats]:
     records = []
     for i, row in enumerate(rows):
         if row.get("correct") not in ("A", "B", "C", "D", "E"):
-            raise ValueError(f"{_where(path, i, 'correct')}: {row.get('correct')!r} is not a letter A-E")
+            raise UserError(f"{_where(path, i, 'correct')}: {row.get('correct')!r} is not a letter A-E")
         try:
             instruction = aqua_instruction(row["question"], row["options"])
         except (KeyError, ValueError) as error:
-            raise ValueError(f"{_where(path, i, 'options')}: {error}") from error
+            raise UserError(f"{_where(path, i, 'options')}: {error}") from error
         rationale = " ".join(row.get("rationale", "").split())
         output = f"\nRationale: {rationale} The answer is ({row['correct']})."
         records.append(make_record(instruction, output, row["correct"]))

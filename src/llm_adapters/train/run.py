@@ -1,0 +1,270 @@
+"""Fine-tune a base model with one adapter, in three named phases (a torchtune recipe's shape):
+
+    setup  check everything (data, run folder, machine), load the base, attach the adapter, tokenise and mask,
+           build the Trainer; only then write `run.json` into the run folder
+    train  the Trainer's loop, resumed from the last complete checkpoint after a kill
+    save   adapter + tokenizer, loss log and curve, then `manifest.json` (written last: it marks the run finished)
+
+    llm-adapters finetune --config configs/demo.yaml
+    llm-adapters finetune --config configs/paper/llama-7b-lora.yaml --data math_10k.json --output-dir runs/lora
+    llm-adapters finetune --base-model tiny-llama --adapter paper-lora --data d.json --output-dir out --max-steps 4
+
+What we add to the Trainer: exact label masking (batches.py), batches without padding waste (length grouping or
+packing), a loss computed only where labels exist, normalised per label token over the whole accumulated batch
+(trainer.py), resume after a kill with the same command and a run identity by content (rundir.py), and a
+manifest that makes the run traceable.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import set_seed
+
+from llm_adapters import rundir
+from llm_adapters.data.io import read_records
+from llm_adapters.errors import UserError
+from llm_adapters.files import sha256_path, write_json_atomic, write_jsonl_atomic
+from llm_adapters.methods import attach, count_parameters, save_adapter
+from llm_adapters.models import META_PRESETS, base_identity, load_model, prepare_tokenizer
+from llm_adapters.plots import loss_curve
+from llm_adapters.provenance import provenance
+from llm_adapters.train.batches import PACKING_MODEL_TYPES, EncodeStats, encode_records, split_records
+from llm_adapters.train.config import FinetuneConfig
+from llm_adapters.train.trainer import AdapterTrainer, latest_checkpoint, loss_summary, make_trainer
+
+MANIFEST, CHECKPOINTS, INITIAL_ADAPTER = "manifest.json", "checkpoints", ".initial-adapter"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def finetune(config: FinetuneConfig) -> Path:
+    """Train the adapter that `config` describes and write the run folder; rerun after a kill to resume.
+
+    A folder that already holds this run, finished (same settings, same data and base model by content), is
+    left as it is.
+
+    Args:
+        config: the run's settings (see FinetuneConfig; `load_config` reads them from YAML).
+
+    Returns:
+        The output folder: adapter_config.json + adapter_model.safetensors, the tokenizer, manifest.json,
+        loss_log.jsonl, loss_curve.png, run.json.
+
+    Raises:
+        OutputExistsError: output_dir holds foreign files (pass overwrite to replace them).
+        UserError: bad data (named by file, record, field), a folder holding a run with other settings or inputs
+            (named by key), or a setting this machine or architecture cannot do (bf16/fp16/8-bit without CUDA).
+
+    Example:
+        >>> out = finetune(load_config("configs/demo.yaml"))
+    """
+    run = FinetuneRun.setup(config)
+    if run.plan.action != "done":
+        run.train()
+        run.save()
+    return run.out
+
+
+@dataclass
+class FinetuneRun:
+    """The state the three phases share."""
+
+    config: FinetuneConfig
+    out: Path
+    plan: rundir.Plan
+    identity: dict[str, Any]
+    data: dict[str, Any]
+    precision: str
+    started: float
+    peft_model: Any = None
+    tokenizer: Any = None
+    trainer: AdapterTrainer | None = None
+    parameters: dict[str, float] | None = None
+    stats: tuple[EncodeStats, EncodeStats] | None = None
+    accumulation: int = 1
+    world_size: int = 1
+    result: Any = None
+    checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------------------------------------- setup
+
+    @classmethod
+    def setup(cls, config: FinetuneConfig) -> FinetuneRun:
+        started, out = time.time(), Path(config.output_dir)
+        records = read_records(config.data, ("instruction", "output"))  # every record checked before any write
+        data = {"path": str(config.data), "sha256": sha256_path(config.data), "records": len(records)}
+        precision = _resolve_precision(config.precision)
+        identity = {**config.identity(), "precision": precision, "data_sha256": data["sha256"],
+                    "base_model": base_identity(config.base_model)}
+        plan = rundir.plan(out, identity, finished=MANIFEST, overwrite=config.overwrite,
+                           may_change=config.may_change())
+        run = cls(config, out, plan, identity, data, precision, started)
+        if plan.action == "done":
+            _say(f"{out} already holds this run, finished (same settings, data and base model): nothing to do; "
+                 "pass --overwrite to train it again")
+            return run
+        _check_machine(config, precision)
+        run.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if config.batch_size % (config.micro_batch_size * run.world_size):
+            raise UserError(f"batch_size {config.batch_size} is not a multiple of micro_batch_size x devices "
+                            f"({config.micro_batch_size} x {run.world_size})")
+        run.accumulation = config.batch_size // (config.micro_batch_size * run.world_size)
+        run._attach(records)
+        rundir.begin(out, plan, identity, config.may_change(), record={"data": config.data,
+                                                                       "base_model": config.base_model})
+        if plan.action == "replace":
+            _say(f"--overwrite: replaced the previous content of {out}")
+        method = config.spec.method_record
+        if method.rewrites_base and not (out / INITIAL_ADAPTER).exists():
+            # PiSSA/OLoRA: the saved adapter will be the difference to this initial state (methods.save_adapter).
+            save_adapter(run.peft_model, out / INITIAL_ADAPTER)
+        run.checkpoint = latest_checkpoint(out / CHECKPOINTS) if plan.action == "resume" else None
+        if plan.action == "resume" and run.checkpoint is None:
+            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # killed before its first complete checkpoint
+        return run
+
+    def _attach(self, records: list[dict[str, Any]]) -> None:
+        """Model, adapter, examples and Trainer (setup's heavy part; nothing is written)."""
+        config, spec = self.config, self.config.spec
+        model, tokenizer = _load_base(config, self.precision)
+        model.config.use_cache = False  # no KV cache in training; a cache would also hide packed sequences
+        if config.batching == "packed" and model.config.model_type not in PACKING_MODEL_TYPES:
+            raise UserError(f"batching packed needs an architecture whose attention honours restarting position_ids"
+                            f" ({', '.join(PACKING_MODEL_TYPES)}), not {model.config.model_type}; use batching "
+                            "length")
+        set_seed(config.seed)  # the adapter's initial weights
+        peft_model = attach(model, spec)
+        for parameter in peft_model.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()  # fp32 adapter weights under a bf16/fp16 base (AMP's rule)
+        self.parameters = count_parameters(peft_model)
+        targets = sorted(getattr(peft_model.peft_config["default"], "target_modules", None) or [])
+        _say(f"adapter {spec.method} on {', '.join(targets) or 'the input sequence'}: "
+             f"{self.parameters['trainable']:,} trainable of {self.parameters['total']:,} parameters "
+             f"({self.parameters['percent']:.3f} %); precision {self.precision}")
+
+        train_records, val_records = split_records(records, config.val_set_size, config.seed, config.max_examples)
+        encode = dict(template=config.template, cutoff_len=config.cutoff_len, train_on_inputs=config.train_on_inputs)
+        (train_set, train_stats), (val_set, val_stats) = (encode_records(part, tokenizer, **encode)
+                                                          for part in (train_records, val_records))
+        if not train_set:
+            raise UserError(f"{config.data}: no training example keeps a response token within cutoff_len "
+                            f"{config.cutoff_len} ({train_stats.dropped_response_cut} dropped); raise cutoff_len")
+        self.stats = train_stats, val_stats
+        tokens_per_step = train_stats.tokens / len(train_set) * config.batch_size
+        _say(f"data: {train_stats.examples} training examples ({train_stats.truncated} truncated at "
+             f"{config.cutoff_len} tokens, kept without EOS; {train_stats.dropped_response_cut} dropped: response "
+             f"cut off entirely), {len(val_set)} validation; loss on "
+             f"{'prompt + response' if config.train_on_inputs else 'response'} tokens")
+        _say(f"batch {config.batch_size} = micro-batch {config.micro_batch_size} x {self.accumulation} accumulation "
+             f"x {self.world_size} device(s), ~{tokens_per_step:.0f} tokens per step; batching: {config.batching}")
+
+        self.trainer = make_trainer(config, peft_model, tokenizer, train_set, val_set, self.out / CHECKPOINTS,
+                                    self.accumulation, self.precision, spec.method_record.after_optimizer_step)
+        _say(f"logits only at label positions: {'yes' if self.trainer.sparse_logits else 'no (prompt learning)'}; "
+             f"shared prompt prefix run once per micro-batch: {'yes' if self.trainer.share_prefix else 'no'}")
+        self.peft_model, self.tokenizer = peft_model, tokenizer
+
+    # ------------------------------------------------------------------------------------------------- train
+
+    def train(self) -> None:
+        if self.checkpoint is not None:
+            _say(f"resuming from {self.checkpoint}" + "".join(f"; {change} (the new value wins)"
+                                                              for change in self.plan.changed))
+        self.result = self.trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
+
+    # ------------------------------------------------------------------------------------------------- save
+
+    def save(self) -> None:
+        out, config, state = self.out, self.config, self.trainer.state
+        initial = out / INITIAL_ADAPTER if config.spec.method_record.rewrites_base else None
+        save_adapter(self.peft_model, out, initial=initial)
+        self.tokenizer.save_pretrained(out)
+        write_jsonl_atomic(out / "loss_log.jsonl", state.log_history)
+        loss_curve(state.log_history, out / "loss_curve.png")
+        loss = loss_summary(state.log_history)
+        train_stats, val_stats = self.stats
+        device = str(next(self.peft_model.parameters()).device)
+        write_json_atomic(out / MANIFEST, {
+            "config": config.to_dict(),
+            "spec": config.spec.to_dict(),
+            "target_modules": sorted(getattr(self.peft_model.peft_config["default"], "target_modules", None) or []),
+            "parameters": self.parameters,
+            "base_model": self.identity["base_model"],
+            "data": {**self.data, "train": train_stats.to_dict(), "validation": val_stats.to_dict()},
+            "training": {"steps": state.global_step, "epochs": state.epoch, "precision": self.precision,
+                         "accumulation": self.accumulation, "devices": self.world_size,
+                         "tokens_per_step": round(train_stats.tokens / train_stats.examples * config.batch_size),
+                         "sparse_logits": self.trainer.sparse_logits, "share_prefix": self.trainer.share_prefix,
+                         "last_loss": loss["last"], "mean_loss": loss["mean"],
+                         "resumed_from": str(self.checkpoint) if self.checkpoint else None,
+                         "train_runtime_s": self.result.metrics.get("train_runtime"),
+                         "wall_time_s": round(time.time() - self.started, 1)},
+            "seed": config.seed,
+            "provenance": provenance(device=device, dtype=self.precision),
+        })
+        if initial is not None:
+            shutil.rmtree(initial, ignore_errors=True)
+        if not config.keep_checkpoints:
+            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+        _say(f"done: {out} (last training loss {loss['last']:.4f}, mean over the run {loss['mean']:.4f})")
+
+
+def _resolve_precision(precision: str) -> str:
+    """`auto`: bf16 on a CUDA GPU that has it, else fp32 (an older GPU trains in fp32 too: fp16 needs care)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _load_base(config: FinetuneConfig, precision: str) -> tuple[torch.nn.Module, Any]:
+    dtype = DTYPES[precision]
+    if config.base_model in META_PRESETS:
+        raise UserError(f"{config.base_model!r} is a weightless preset for counting parameters; give a folder or "
+                        "hub id with weights (e.g. yahma/llama-7b-hf)")
+    if not (config.load_in_8bit or config.load_in_4bit):
+        # The Trainer moves the model to its device; loading leaves it on the CPU.
+        return load_model(config.base_model, device=None, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_8bit=config.load_in_8bit, load_in_4bit=config.load_in_4bit,
+                                      bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        config.base_model, dtype=dtype, quantization_config=quantization, trust_remote_code=config.trust_remote_code,
+        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    prepare_tokenizer(tokenizer, model)
+    return model, tokenizer
+
+
+def _check_machine(config: FinetuneConfig, precision: str) -> None:
+    """Settings this machine cannot run fail before the model loads, with what to use instead."""
+    cuda = torch.cuda.is_available()
+    if precision == "bf16" and not (cuda and torch.cuda.is_bf16_supported()):
+        raise UserError("precision bf16 needs a CUDA GPU with bf16 support, and this machine has none; "
+                        "use precision auto or fp32 (or fp16 on an older GPU)")
+    if precision == "fp16" and not cuda:
+        raise UserError("precision fp16 needs a CUDA GPU, and this machine has none; use precision auto or fp32")
+    if config.load_in_8bit or config.load_in_4bit:
+        flag = "load_in_8bit" if config.load_in_8bit else "load_in_4bit"
+        if not cuda:
+            raise UserError(f"{flag} needs a CUDA GPU (bitsandbytes), and this machine has none; "
+                            "train the base in fp32 instead")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as error:
+            raise UserError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes") from error
+    if config.batching == "packed" and config.spec.method_record.acts_on_input:
+        raise UserError(f"batching packed cannot be used with {config.spec.method}: PEFT's prompt learning "
+                        "ignores position_ids, so packed examples would see each other; use batching length")
+
+
+def _say(message: str) -> None:
+    print(f"[finetune] {message}", flush=True)
