@@ -30,13 +30,21 @@ def _capture_io(module, x_shape):
     return x, module(x)
 
 
-@pytest.mark.parametrize("init", ["zeros", "paper"])
-def test_series_output_side_matches_formula(init):
+def test_init_zeros_starts_at_the_identity_and_paper_draws_both_projections_from_n_0_002():
     model, _ = load_model("tiny-llama")
-    peft_model = attach(model, {"method": "series", "placement": "mlp", "bottleneck_size": 8, "init": init,
-                                "scaling": 0.7})
+    zeros = _layer(attach(model, {"method": "series", "bottleneck_size": 8, "init": "zeros"}))
+    assert not zeros.adapter_up["default"].weight.any() and zeros.adapter_down["default"].weight.any()
+    model, _ = load_model("tiny-llama")
+    paper = _layer(attach(model, {"method": "series", "bottleneck_size": 64, "init": "paper"}))
+    for weight in (paper.adapter_down["default"].weight, paper.adapter_up["default"].weight):
+        assert abs(float(weight.mean())) < 0.003 and 0.018 < float(weight.std()) < 0.022  # 4096 draws each
+
+
+def test_series_output_side_matches_formula():
+    model, _ = load_model("tiny-llama")
+    peft_model = attach(model, {"method": "series", "placement": "mlp", "bottleneck_size": 8, "scaling": 0.7})
     layer = _layer(peft_model)
-    torch.nn.init.normal_(layer.adapter_up["default"].weight, std=0.1)
+    torch.nn.init.normal_(layer.adapter_up["default"].weight, std=0.1)  # off the identity start
     W = layer.base_layer.weight
     down, up = layer.adapter_down["default"].weight, layer.adapter_up["default"].weight
     x, y = _capture_io(layer, (2, 3, W.shape[1]))
@@ -65,6 +73,26 @@ def test_parallel_matches_formula_and_maps_in_to_out():
     assert down.shape == (8, W.shape[1]) and up.shape == (W.shape[0], 8)
     x, y = _capture_io(layer, (2, 3, W.shape[1]))
     torch.testing.assert_close(y, x @ W.T + b + _adapter(x, down, up))
+
+
+@pytest.mark.parametrize("variant", ["series", "parallel"])
+def test_dropout_acts_on_the_adapter_input_as_in_the_original(variant):
+    """A(z) = up(act(down(drop(z)))): with the same random state, the layer equals the formula with dropout on
+    z (and not on down(z), where it used to be)."""
+    model, _ = load_model("tiny-llama")
+    peft_model = attach(model, {"method": variant, "placement": "down_proj", "bottleneck_size": 8,
+                                "adapter_dropout": 0.5, "init": "paper"})
+    layer = _layer(peft_model)
+    layer.train()
+    W = layer.base_layer.weight
+    down, up = layer.adapter_down["default"].weight, layer.adapter_up["default"].weight
+    x = torch.randn(2, 3, W.shape[1])
+    torch.manual_seed(7)
+    y = layer(x)
+    torch.manual_seed(7)
+    z = x @ W.T if variant == "series" else x  # series (output side) adapts the output, parallel the input
+    expected = x @ W.T + _adapter(torch.nn.functional.dropout(z, p=0.5, training=True), down, up)
+    torch.testing.assert_close(y, expected)
 
 
 def test_learned_scaling_is_trained_and_saved(tmp_path):

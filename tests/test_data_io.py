@@ -172,6 +172,24 @@ def test_download_tasks_unknown_sum_needs_allow_unverified(served: tuple[str, Pa
     assert f"UNVERIFIED, sha256 {sha256_file(target)}" in line
 
 
+def test_data_download_without_task_names_fetches_what_it_can_verify_and_names_hellaswag(
+        served: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llm_adapters.cli import main
+
+    base_url, root = served
+    for name in TASKS:  # serve every other task too (the fixture serves two)
+        target = root / TASKS[name].relpath
+        if name != "hellaswag" and not target.exists():
+            target.parent.mkdir(parents=True)
+            shutil.copy(SHARED / TASKS[name].relpath, target)
+    assert main(["data", "download", "--data-dir", str(tmp_path / "data"), "--base-url", base_url]) == 0
+    out = capsys.readouterr().out
+    assert out.count("downloaded, verified") == len(TASKS) - 1
+    assert ("hellaswag: not downloaded, no known sha256 to verify it; fetch it with: llm-adapters data download "
+            "hellaswag --allow-unverified") in out
+    assert not (tmp_path / "data" / TASKS["hellaswag"].relpath).exists()
+
+
 def test_download_tasks_unreachable_file_says_so(served: tuple[str, Path], tmp_path: Path) -> None:
     base_url, _ = served
     with pytest.raises(ValueError, match=r"cannot download .*/dataset/piqa/test\.json: .*--base-url"):

@@ -30,3 +30,22 @@ def test_demo_runs_end_to_end_and_a_rerun_reuses_every_stage(tmp_path):
     again = run_demo(DemoOptions(config=str(config), output_dir=str(out), n_test=8, batch_size=4))
     assert (out / "adapter" / "manifest.json").stat().st_mtime == manifest_time  # training not redone
     assert again["after"]["accuracy"] == result["after"]["accuracy"]
+
+
+def test_demo_trains_again_when_its_config_changed(tmp_path, capsys):
+    config = tmp_path / "demo.yaml"
+    settings = ("base_model: tiny-llama\nadapter: {method: lora, r: 4}\ntemplate: alpaca\nmax_examples: 8\n"
+                "num_epochs: 1\nbatch_size: 4\nmicro_batch_size: 4\nwarmup_steps: 0\nseed: 3\n")
+    config.write_text(settings + "learning_rate: 1.0e-3\n")
+    out = tmp_path / "out"
+    options = DemoOptions(config=str(config), output_dir=str(out), n_test=4, batch_size=4)
+    first = run_demo(options)
+    weights = (out / "adapter" / "adapter_model.safetensors").read_bytes()
+    config.write_text(settings + "learning_rate: 5.0e-2\n")  # an edited configs/demo.yaml
+    again = run_demo(options)
+    assert "learning_rate: 0.001 -> 0.05" in capsys.readouterr().out  # said, then trained again
+    manifest = json.loads((out / "adapter" / "manifest.json").read_text())
+    assert manifest["config"]["learning_rate"] == 0.05
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() != weights
+    # and the evaluation after fine-tuning is of the new adapter, not the old predictions kept
+    assert again["after"]["model_identity"]["adapter"] != first["after"]["model_identity"]["adapter"]

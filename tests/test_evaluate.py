@@ -15,11 +15,12 @@ import torch
 import transformers
 
 from llm_adapters.cli import main
-from llm_adapters.data.tasks import TASKS
+from llm_adapters.data.tasks import TASKS, Task
 from llm_adapters.eval import PredictionLog, evaluate_tasks, wilson_interval
 from llm_adapters.files import sha256_file
 from llm_adapters.eval.extract import extract_answer
 from llm_adapters.models import load_model
+from helpers import memorise, perturb
 from shared_data import LLM_ADAPTERS_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,3 +259,163 @@ def test_evaluate_embedded_model_math_and_commonsense(tmp_path: Path) -> None:
                        batch_size=batch_size, max_new_tokens=64, progress=False)
     for name in ("gsm8k", "boolq"):
         assert _records(tmp_path / "1" / name) == _records(tmp_path / "4" / name)
+
+
+# --- results that can be trusted -------------------------------------------------------------------------------
+
+QUESTIONS = [(f"What is {a} plus {b}?", a + b) for a, b in [(1, 2), (3, 4), (5, 6), (7, 1), (2, 8), (9, 3)]]
+SUMS = Task("sums", "sums", "math", "number", max_new_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def answering(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
+    """tiny-llama trained to answer QUESTIONS in the alpaca template ("The answer is N."), and a test file whose
+    gold answers are right for the first four questions and wrong for the last two."""
+    from llm_adapters.data.templates import build_prompt
+
+    model, tokenizer = load_model("tiny-llama")
+    texts = [build_prompt(q, template="alpaca") + f"The answer is {n}." + tokenizer.eos_token for q, n in QUESTIONS]
+    assert memorise(model, tokenizer, texts, steps=300) < 0.05
+    data = tmp_path_factory.mktemp("sums-data")
+    records = [{"instruction": q, "input": "", "output": "", "answer": str(n if i < 4 else n + 1)}
+               for i, (q, n) in enumerate(QUESTIONS)]
+    (data / "dataset" / "sums").mkdir(parents=True)
+    (data / "dataset" / "sums" / "test.json").write_text(json.dumps(records))
+    return model, tokenizer, data
+
+
+def test_evaluate_tasks_scores_right_answers_right(answering: tuple[Any, Any, Path], tmp_path: Path) -> None:
+    """Through the real pipeline (template, batched generation, stop rule, extraction, scoring): an accuracy
+    known in advance, and not 0."""
+    model, tokenizer, data = answering
+    result = evaluate_tasks(model, tokenizer, [SUMS], data, tmp_path, template="alpaca", batch_size=4,
+                            progress=False)
+    records = _records(tmp_path / "sums")
+    assert [r["prediction"] for r in records] == [float(n) for _, n in QUESTIONS]
+    assert all(r["generation"].startswith("The answer is ") for r in records)
+    assert [r["correct"] for r in records] == [True] * 4 + [False] * 2
+    summary = result["tasks"]["sums"]
+    assert (summary["correct"], summary["n"], summary["accuracy"]) == (4, 6, 4 / 6)
+    assert "| sums | 6 | 66.7 |" in result["table"]
+
+
+def test_evaluate_tasks_smaller_limit_keeps_every_record_and_the_table_every_task(tiny: tuple[Any, Any],
+                                                                                 tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    evaluate_tasks(model, tokenizer, "boolq", SHARED, tmp_path, limit=6, **FAST)
+    evaluate_tasks(model, tokenizer, "piqa", SHARED, tmp_path, limit=2, **FAST)
+    six = _records(tmp_path / "boolq")
+    result = evaluate_tasks(model, tokenizer, "boolq", SHARED, tmp_path, limit=3, **FAST)
+    assert _records(tmp_path / "boolq") == six  # nothing paid for is deleted
+    summary = result["tasks"]["boolq"]
+    assert summary["n"] == 3 and summary["correct"] == sum(r["correct"] for r in six[:3])
+    table = (tmp_path / "results.md").read_text()
+    assert "| boolq | 3 |" in table and "| piqa | 2 |" in table  # the task of the earlier call is still listed
+
+
+def test_evaluate_tasks_default_rules_do_not_score_the_original_rules_on_cut_text(tiny: tuple[Any, Any],
+                                                                                  tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    cut = evaluate_tasks(model, tokenizer, "gsm8k", SHARED, tmp_path / "d", limit=3, **FAST)["tasks"]["gsm8k"]
+    assert cut["decoding"]["stop_rules"] is True
+    assert cut["accuracy_by_rules"]["default"]["accuracy"] == cut["accuracy"]
+    assert cut["accuracy_by_rules"]["original"]["accuracy"] is None
+    assert "not computed" in cut["accuracy_by_rules"]["original"]["note"]
+    full = evaluate_tasks(model, tokenizer, "gsm8k", SHARED, tmp_path / "o", limit=3, rules="original",
+                          **FAST)["tasks"]["gsm8k"]
+    assert full["decoding"]["stop_rules"] is False
+    assert all(r["n_tokens"] == 6 or r["generation"] == "" for r in _records(tmp_path / "o" / "gsm8k"))
+
+
+def _save_lora(folder: Path, seed: int) -> Any:
+    """A LoRA adapter on tiny-llama with non-zero B (so it changes the model), saved to `folder`."""
+    from llm_adapters.methods import attach
+
+    model, _ = load_model("tiny-llama")
+    peft_model = attach(model, {"method": "lora", "r": 4, "dropout": 0.0, "placement": "attn"})
+    perturb(peft_model, seed=seed)
+    peft_model.save_pretrained(folder)
+    return peft_model.eval()
+
+
+def test_evaluate_command_adapter_retrained_in_place_is_refused_then_redone(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    adapter, out = tmp_path / "adapter", tmp_path / "out"
+    args = ["evaluate", "--base-model", "tiny-llama", "--adapter", str(adapter), "--tasks", "boolq", "--limit", "4",
+            "--max-new-tokens", "6", "--data-dir", str(SHARED), "--no-progress", "--output-dir", str(out)]
+    _save_lora(adapter, seed=0)
+    assert main(args) == 0
+    first = _records(out / "boolq")
+    retrained = _save_lora(adapter, seed=1)  # the same path, new weights
+    assert main(args) == 2
+    assert "adapter.weights_sha256: '" in capsys.readouterr().err
+    assert _records(out / "boolq") == first  # refused: nothing changed
+    assert main([*args, "--overwrite"]) == 0
+    _, tokenizer = load_model("tiny-llama")
+    evaluate_tasks(retrained, tokenizer, "boolq", SHARED, tmp_path / "mem", limit=4, **FAST)
+    assert _records(out / "boolq") == _records(tmp_path / "mem" / "boolq") != first  # the new weights' answers
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--batch-size", "0", "batch_size must be a positive integer, got 0"),
+    ("--limit", "-1", "limit must be a positive integer, got -1"),
+    ("--limit", "ten", "limit must be an integer, got 'ten'"),
+    ("--dtype", "float8", "dtype 'float8' is not one of auto, float32"),
+])
+def test_evaluate_command_bad_settings_are_reported_before_the_model_loads(flag: str, value: str, message: str,
+                                                                          capsys: pytest.CaptureFixture[str],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import llm_adapters.models
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model must not load before the settings are checked")
+
+    monkeypatch.setattr(llm_adapters.models, "load_model", refuse)
+    assert main(["evaluate", "--base-model", "tiny-llama", "--tasks", "boolq", flag, value]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_command_cuda_without_a_gpu_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["evaluate", "--base-model", "tiny-llama", "--tasks", "boolq", "--limit", "1", "--data-dir", str(SHARED),
+            "--output-dir", str(tmp_path), "--device", "cuda:0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "device 'cuda:0' asked for, but this machine has no CUDA GPU" in err
+
+
+def test_evaluate_command_takes_the_adapters_template_and_refuses_another_base(tmp_path: Path, capsys) -> None:
+    from llm_adapters.train import finetune, load_config
+
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps([{"instruction": f"Add {i} and 1.", "input": "", "output": f"{i + 1}"}
+                                for i in range(4)]))
+    adapter = finetune(load_config(base_model="tiny-llama", adapter={"method": "lora", "r": 4}, data=str(data),
+                                   output_dir=str(tmp_path / "adapter"), template="alpaca", batch_size=2,
+                                   micro_batch_size=2, max_steps=1, progress=False))
+    capsys.readouterr()
+    args = ["evaluate", "--adapter", str(adapter), "--tasks", "boolq", "--limit", "2", "--max-new-tokens", "4",
+            "--data-dir", str(SHARED), "--no-progress"]
+    assert main([*args, "--base-model", "tiny-llama", "--output-dir", str(tmp_path / "a")]) == 0
+    assert "template alpaca: the one the adapter was trained with" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "a" / "boolq" / "summary.json").read_text())
+    assert summary["template"] == "alpaca" and summary["adapter_cutoff_len"] == 256
+    assert main([*args, "--base-model", "tiny-qwen2", "--output-dir", str(tmp_path / "b")]) == 2
+    assert "was trained on {'name': 'tiny-llama'" in capsys.readouterr().err
+    assert main([*args, "--base-model", "tiny-qwen2", "--output-dir", str(tmp_path / "b"),
+                 "--allow-base-mismatch"]) == 0
+
+
+def test_cli_internal_errors_keep_their_traceback_and_debug_shows_user_errors(monkeypatch: pytest.MonkeyPatch,
+                                                                             capsys) -> None:
+    import llm_adapters.eval
+
+    def bug(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("an internal bug")  # a ValueError that is not the user's mistake
+
+    monkeypatch.setattr(llm_adapters.eval, "prepare_tasks", bug)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["evaluate", "--base-model", "tiny-llama", "--tasks", "boolq"])
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'"):
+        main(["--debug", "evaluate", "--base-model", "tiny-llama", "--tasks", "gsm9k"])

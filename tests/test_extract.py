@@ -54,6 +54,11 @@ def test_extract_number_default_rules_fix_quirks(text: str, expected: float | No
     ("A car goes 3 km. The answer is (D).", "A", "D"),     # "A car": the original takes the article
     ("Each option fails but the answer is C", "E", "C"),    # a capital inside a word
     ("(B) is right", "B", "B"),                              # a response that opens with its letter
+    ("A car travels 60 km in 2 hours.", "A", None),          # the article is no answer
+    ("B) 12 km", "B", "B"),                                   # option form
+    ("C", "C", "C"),                                          # the letter alone
+    ("Answer: A", "A", "A"),                                  # named by an answer sentence
+    ("Each train leaves at noon. So the answer is (C).", "E", "C"),
     ("Dividing gives 4. The answer is (E)", "D", "E"),
     ("no letter here", None, None),
     ("the answer is b", None, None),                         # lower case is not a letter answer

@@ -20,6 +20,7 @@ from llm_adapters.eval.generate import (
 )
 from llm_adapters.methods import METHODS, attach
 from llm_adapters.models import TINY_MODELS, load_model
+from helpers import memorise, perturb
 
 PROMPTS = [build_prompt(q) for q in ("What is 2+3?", "Is the sky blue? Answer format: true/false", "7 * 6 = ?",
                                        "Name a colour.", "A longer question about trains and their speeds?")]
@@ -37,21 +38,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def scripted() -> tuple[Any, Any]:
     """tiny-llama trained for a few seconds to reproduce SCRIPT."""
     model, tokenizer = load_model("tiny-llama")
-    texts = [prompt + response + tokenizer.eos_token for prompt, response in SCRIPT]
-    tokenizer.padding_side = "right"
-    batch = tokenizer(texts, return_tensors="pt", padding=True)
-    tokenizer.padding_side = "left"
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(250):
-        loss = model(**batch, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.1
-    return model.eval(), tokenizer
+    assert memorise(model, tokenizer, [prompt + response + tokenizer.eos_token for prompt, response in SCRIPT],
+                    steps=250) < 0.1
+    return model, tokenizer
 
 
 def _one_by_one(model: Any, tokenizer: Any, prompts: list[str], task: str, config: DecodeConfig) -> list[Any]:
@@ -72,16 +61,6 @@ def test_generate_batch_batched_equals_one_by_one(name: str, task: str) -> None:
     assert all(0 < g.n_tokens <= 12 for g in batched)
 
 
-def _perturb(model: Any, scale: float = 0.5) -> None:
-    """Move every trainable weight off its initial value (LoRA B, bottleneck up and IA3 vectors start at the
-    identity): otherwise half the methods would be the base model again."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_generate_batch_every_adapter_method_batched_equals_one_by_one(method: str) -> None:
     model, tokenizer = load_model("tiny-llama")
@@ -89,7 +68,7 @@ def test_generate_batch_every_adapter_method_batched_equals_one_by_one(method: s
     with torch.no_grad():
         base_logits = model(**batch).logits[:, -1]
     peft_model = attach(model, {"method": method, "r": 4, "bottleneck_size": 8, "num_virtual_tokens": 3})
-    _perturb(peft_model)
+    perturb(peft_model)
     peft_model.train()  # generate_batch must switch dropout off itself
     config = DecodeConfig(max_new_tokens=8)
     batched = generate_batch(peft_model, tokenizer, PROMPTS[:3], TASKS["boolq"], config)

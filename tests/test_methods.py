@@ -6,6 +6,7 @@ import torch
 
 from llm_adapters.methods import METHODS, attach
 from llm_adapters.models import TINY_MODELS, load_model
+from helpers import one_step, perturb
 
 SMALL = {"bottleneck_size": 8, "r": 4, "num_virtual_tokens": 3}
 IDENTITY_AT_INIT = [m for m in METHODS if not METHODS[m].acts_on_input]  # prompt learning adds tokens by design
@@ -16,15 +17,6 @@ PROMPTS = ["Hello there, how", "A", "The quick brown fox jumps"]
 
 def _batch(tokenizer, texts=PROMPTS):
     return tokenizer(texts, return_tensors="pt", padding=True)
-
-
-def _perturb(model, scale=0.5, seed=0):
-    """Move every trainable weight off its initial value, so the adapter visibly changes the output."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
 
 
 @pytest.mark.parametrize("arch,method", CELLS)
@@ -63,18 +55,7 @@ def test_attach_with_zero_init_keeps_base_logits(arch, method):
 @pytest.mark.parametrize("arch,method", CELLS)
 def test_one_optimizer_step_changes_logits(arch, method):
     model, tokenizer = load_model(arch)
-    peft_model = attach(model, {"method": method, **SMALL})
-    batch = _batch(tokenizer)
-    peft_model.eval()
-    with torch.no_grad():
-        before = peft_model(**batch).logits.clone()
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
-    peft_model.train()
-    peft_model(**batch, labels=batch["input_ids"]).loss.backward()
-    optimizer.step()
-    peft_model.eval()
-    with torch.no_grad():
-        after = peft_model(**batch).logits
+    before, after = one_step(attach(model, {"method": method, **SMALL}), _batch(tokenizer), lr=1e-2)
     assert not torch.allclose(before, after, atol=1e-6)
 
 
@@ -101,7 +82,7 @@ def _greedy_by_forward(model, tokenizer, prompt, steps):
 def test_batched_generation_equals_single_and_reference(arch, method):
     model, tokenizer = load_model(arch)
     peft_model = attach(model, {"method": method, **SMALL})
-    _perturb(peft_model)
+    perturb(peft_model)
     peft_model.eval()
     steps = 5
     batch = _batch(tokenizer)

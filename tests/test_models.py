@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llm_adapters.methods import attach
-from llm_adapters.models import META_PRESETS, TINY_MODELS, load_model
+from llm_adapters.models import META_PRESETS, TINY_MODELS, base_identity, load_model, resolve_device, resolve_dtype
 
 # original-system.md A.6
 BASE_SIZES = {"llama-7b": 6_738_415_616, "llama-13b": 13_015_864_320, "bloomz-7b1": 7_069_016_064,
@@ -35,6 +35,42 @@ def test_tiny_model_is_reproducible_for_a_seed():
     second, _ = load_model("tiny-llama", seed=3)
     for a, b in zip(first.parameters(), second.parameters()):
         assert torch.equal(a, b)
+
+
+def test_load_model_places_on_the_device_in_the_dtype_asked_for():
+    model, _ = load_model("tiny-llama", device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32  # auto on a CPU: fp32
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("device, dtype, message", [
+    ("cuda", "auto", "device 'cuda' asked for, but this machine has no CUDA GPU"),
+    ("tpu", "auto", "unknown device 'tpu'; accepted: auto, cpu, cuda, cuda:N"),
+    ("cpu", "fp8", "unknown dtype 'fp8'; accepted: auto, float32, bfloat16, float16"),
+])
+def test_load_model_bad_device_or_dtype_is_one_clear_line(device, dtype, message, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=message):
+        load_model("tiny-llama", device=device, dtype=dtype)
+
+
+def test_base_identity_names_built_ins_by_version_and_folders_by_content(tmp_path):
+    from llm_adapters import __version__
+
+    assert base_identity("tiny-llama") == {"name": "tiny-llama", "built_by": "llm-adapters", "version": __version__}
+    assert base_identity("smollm2-135m")["version"] == "0.1.2"
+    model, tokenizer = load_model("tiny-llama")
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    first = base_identity(str(tmp_path / "m"))
+    assert first["path"] == str((tmp_path / "m").resolve()) and len(first["sha256"]) == 64
+    assert base_identity(str(tmp_path / "m")) == first
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(tmp_path / "m")  # the same folder, other weights
+    assert base_identity(str(tmp_path / "m"))["sha256"] != first["sha256"]
 
 
 def test_unknown_model_name_lists_the_built_in_names():

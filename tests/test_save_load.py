@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from llm_adapters.methods import METHODS, attach, save_adapter
 from llm_adapters.models import TINY_MODELS, load_model
+from helpers import perturb
 
 TEXTS = ["Hello there, how", "The quick brown fox"]
 
@@ -30,10 +31,7 @@ def test_save_then_load_in_fresh_process_gives_identical_logits(tmp_path):
             initial = tmp_path / f"{arch}-{method}-initial" if METHODS[method].rewrites_base else None
             if initial is not None:
                 save_adapter(peft_model, initial)
-            with torch.no_grad():
-                for parameter in peft_model.parameters():
-                    if parameter.requires_grad:
-                        parameter.add_(torch.randn_like(parameter) * 0.3)
+            perturb(peft_model, scale=0.3)
             peft_model.eval()
             save_adapter(peft_model, folder, initial=initial)
             assert (folder / "adapter_model.safetensors").exists() and not (folder / "adapter_model.bin").exists()

@@ -30,6 +30,7 @@ from llm_adapters.train.batches import (IGNORE, PACKING_MODEL_TYPES, PREFIX_SHAR
                                      PaddedCollator, SeededSampler, encode_example, encode_records,
                                      shared_prefix_length)
 from llm_adapters.train.trainer import latest_checkpoint, token_loss_sum
+from helpers import perturb
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 RECORDS = [
@@ -175,11 +176,7 @@ def test_shared_prefix_gives_the_plain_loss_and_gradients_on_listed_architecture
     model, tokenizer = load_model(arch)
     model.config.use_cache = False
     peft_model = attach(model, {"method": "lora", "r": 4, "dropout": 0.0})
-    torch.manual_seed(0)
-    with torch.no_grad():  # B is zero at init: move it so that the adapter matters
-        for parameter in peft_model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(torch.randn_like(parameter) * 0.1)
+    perturb(peft_model, scale=0.1)  # B is zero at init: move it so that the adapter matters
     examples = encode_records(RECORDS[:4], tokenizer, **{**ENCODE, "train_on_inputs": train_on_inputs})[0]
     batch = PaddedCollator(tokenizer.pad_token_id, share_prefix=True)(examples)
     prefix_len = batch.pop("prefix_len")

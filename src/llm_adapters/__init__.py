@@ -14,8 +14,11 @@ from __future__ import annotations
 import warnings
 from importlib import metadata
 
-# Not ours to fix: PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` on every get_peft_model.
+# Not ours to fix (PEFT 0.21 with transformers 5.2x): PEFT reads the deprecated `is_gradient_checkpointing` on every
+# get_peft_model, and its prefix tuning still passes `past_key_values` (pyproject pins transformers below 5.40,
+# which removes it).
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
 
 try:
     __version__ = metadata.version("llm-adapters")

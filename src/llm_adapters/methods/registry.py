@@ -50,7 +50,8 @@ class Method:
             does, for `peft:<type>`).
         rewrites_base: initialisation changes the base weights (PiSSA, OLoRA): the adapter is saved as the
             difference to its initial state, so it loads onto the untouched base.
-        after_optimizer_step: called as fn(peft_model, global_step) after each optimiser step (AdaLoRA's budget).
+        after_optimizer_step: called as fn(peft_model, step) after each optimiser step, with the 0-based index of
+            the step just taken (AdaLoRA's rank budget).
         conv1d: works on GPT-2's transposed Conv1D layers.
         note: what a user should know beyond the paper name.
     """
@@ -251,7 +252,9 @@ def _peft_method(name: str) -> Method | None:
     return Method(name, f"PEFT {config_cls.__name__} (see the PEFT documentation)", _LORA_ROLES, "attn+mlp",
                   build, ("placement", "peft_options"), _peft_problems(config_cls), merges=None,
                   after_optimizer_step=_adalora_step if peft_type == "adalora" else None,
-                  note="config fields in peft_options, validated by PEFT")
+                  note="config fields in peft_options, validated by PEFT" + (
+                      "; AdaLoRA's orthogonality regulariser is not added to our loss" if peft_type == "adalora"
+                      else ""))
 
 
 def get_method(name: str) -> Method:

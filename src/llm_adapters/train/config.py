@@ -117,6 +117,39 @@ class FinetuneConfig:
     def may_change(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in RESUME_MAY_CHANGE}
 
+    def machine_precision(self) -> str:
+        """The precision on this machine (`auto`: bf16 on a CUDA GPU that has it, else fp32; an older GPU trains
+        in fp32 too, fp16 needs care), after checking the settings this machine cannot run (before any model
+        loads), with what to use instead.
+
+        Raises:
+            UserError: bf16/fp16/8-bit/4-bit without a GPU or bitsandbytes, packing with prompt learning.
+        """
+        import torch
+
+        cuda = torch.cuda.is_available()
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        if precision == "bf16" and not (cuda and torch.cuda.is_bf16_supported()):
+            raise UserError("precision bf16 needs a CUDA GPU with bf16 support, and this machine has none; "
+                            "use precision auto or fp32 (or fp16 on an older GPU)")
+        if precision == "fp16" and not cuda:
+            raise UserError("precision fp16 needs a CUDA GPU, and this machine has none; use precision auto or fp32")
+        if self.load_in_8bit or self.load_in_4bit:
+            flag = "load_in_8bit" if self.load_in_8bit else "load_in_4bit"
+            if not cuda:
+                raise UserError(f"{flag} needs a CUDA GPU (bitsandbytes), and this machine has none; "
+                                "train the base in fp32 instead")
+            try:
+                import bitsandbytes  # noqa: F401
+            except ImportError as error:
+                raise UserError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes") from error
+        if self.batching == "packed" and self.spec.method_record.acts_on_input:
+            raise UserError(f"batching packed cannot be used with {self.spec.method}: PEFT's prompt learning "
+                            "ignores position_ids, so packed examples would see each other; use batching length")
+        return precision
+
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
 

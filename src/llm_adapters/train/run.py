@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import set_seed
 
 from llm_adapters import rundir
@@ -31,7 +30,7 @@ from llm_adapters.data.io import read_records
 from llm_adapters.errors import UserError
 from llm_adapters.files import sha256_path, write_json_atomic, write_jsonl_atomic
 from llm_adapters.methods import attach, count_parameters, save_adapter
-from llm_adapters.models import META_PRESETS, base_identity, load_model, prepare_tokenizer
+from llm_adapters.models import DTYPES, META_PRESETS, base_identity, load_model
 from llm_adapters.plots import loss_curve
 from llm_adapters.provenance import provenance
 from llm_adapters.train.batches import PACKING_MODEL_TYPES, EncodeStats, encode_records, split_records
@@ -39,7 +38,6 @@ from llm_adapters.train.config import FinetuneConfig
 from llm_adapters.train.trainer import AdapterTrainer, latest_checkpoint, loss_summary, make_trainer
 
 MANIFEST, CHECKPOINTS, INITIAL_ADAPTER = "manifest.json", "checkpoints", ".initial-adapter"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def finetune(config: FinetuneConfig) -> Path:
@@ -98,7 +96,7 @@ class FinetuneRun:
         started, out = time.time(), Path(config.output_dir)
         records = read_records(config.data, ("instruction", "output"))  # every record checked before any write
         data = {"path": str(config.data), "sha256": sha256_path(config.data), "records": len(records)}
-        precision = _resolve_precision(config.precision)
+        precision = config.machine_precision()  # auto resolved; what this machine cannot do fails here
         identity = {**config.identity(), "precision": precision, "data_sha256": data["sha256"],
                     "base_model": base_identity(config.base_model)}
         plan = rundir.plan(out, identity, finished=MANIFEST, overwrite=config.overwrite,
@@ -108,7 +106,6 @@ class FinetuneRun:
             _say(f"{out} already holds this run, finished (same settings, data and base model): nothing to do; "
                  "pass --overwrite to train it again")
             return run
-        _check_machine(config, precision)
         run.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if config.batch_size % (config.micro_batch_size * run.world_size):
             raise UserError(f"batch_size {config.batch_size} is not a multiple of micro_batch_size x devices "
@@ -131,7 +128,17 @@ class FinetuneRun:
     def _attach(self, records: list[dict[str, Any]]) -> None:
         """Model, adapter, examples and Trainer (setup's heavy part; nothing is written)."""
         config, spec = self.config, self.config.spec
-        model, tokenizer = _load_base(config, self.precision)
+        if config.base_model in META_PRESETS:
+            raise UserError(f"{config.base_model!r} is a weightless preset for counting parameters; give a folder "
+                            "or hub id with weights (e.g. yahma/llama-7b-hf)")
+        # On the CPU (the Trainer moves it to its device), or quantised straight onto this process's GPU.
+        quantization = "8bit" if config.load_in_8bit else "4bit" if config.load_in_4bit else None
+        model, tokenizer = load_model(config.base_model, device=None, dtype=DTYPES[self.precision],
+                                      trust_remote_code=config.trust_remote_code, quantization=quantization)
+        if quantization:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
         model.config.use_cache = False  # no KV cache in training; a cache would also hide packed sequences
         if config.batching == "packed" and model.config.model_type not in PACKING_MODEL_TYPES:
             raise UserError(f"batching packed needs an architecture whose attention honours restarting position_ids"
@@ -213,57 +220,6 @@ class FinetuneRun:
         if not config.keep_checkpoints:
             shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
         _say(f"done: {out} (last training loss {loss['last']:.4f}, mean over the run {loss['mean']:.4f})")
-
-
-def _resolve_precision(precision: str) -> str:
-    """`auto`: bf16 on a CUDA GPU that has it, else fp32 (an older GPU trains in fp32 too: fp16 needs care)."""
-    if precision != "auto":
-        return precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def _load_base(config: FinetuneConfig, precision: str) -> tuple[torch.nn.Module, Any]:
-    dtype = DTYPES[precision]
-    if config.base_model in META_PRESETS:
-        raise UserError(f"{config.base_model!r} is a weightless preset for counting parameters; give a folder or "
-                        "hub id with weights (e.g. yahma/llama-7b-hf)")
-    if not (config.load_in_8bit or config.load_in_4bit):
-        # The Trainer moves the model to its device; loading leaves it on the CPU.
-        return load_model(config.base_model, device=None, dtype=dtype, trust_remote_code=config.trust_remote_code)
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    quantization = BitsAndBytesConfig(load_in_8bit=config.load_in_8bit, load_in_4bit=config.load_in_4bit,
-                                      bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        config.base_model, dtype=dtype, quantization_config=quantization, trust_remote_code=config.trust_remote_code,
-        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))})
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    prepare_tokenizer(tokenizer, model)
-    return model, tokenizer
-
-
-def _check_machine(config: FinetuneConfig, precision: str) -> None:
-    """Settings this machine cannot run fail before the model loads, with what to use instead."""
-    cuda = torch.cuda.is_available()
-    if precision == "bf16" and not (cuda and torch.cuda.is_bf16_supported()):
-        raise UserError("precision bf16 needs a CUDA GPU with bf16 support, and this machine has none; "
-                        "use precision auto or fp32 (or fp16 on an older GPU)")
-    if precision == "fp16" and not cuda:
-        raise UserError("precision fp16 needs a CUDA GPU, and this machine has none; use precision auto or fp32")
-    if config.load_in_8bit or config.load_in_4bit:
-        flag = "load_in_8bit" if config.load_in_8bit else "load_in_4bit"
-        if not cuda:
-            raise UserError(f"{flag} needs a CUDA GPU (bitsandbytes), and this machine has none; "
-                            "train the base in fp32 instead")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as error:
-            raise UserError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes") from error
-    if config.batching == "packed" and config.spec.method_record.acts_on_input:
-        raise UserError(f"batching packed cannot be used with {config.spec.method}: PEFT's prompt learning "
-                        "ignores position_ids, so packed examples would see each other; use batching length")
 
 
 def _say(message: str) -> None:
