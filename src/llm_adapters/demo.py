@@ -14,7 +14,7 @@ from typing import Any
 
 from llm_adapters.data.builders import SyntheticOptions, build_synthetic_arithmetic
 from llm_adapters.data.tasks import Task
-from llm_adapters.errors import RunMismatchError
+from llm_adapters.errors import OutputExistsError, RunMismatchError
 from llm_adapters.files import write_json_atomic, write_text_atomic
 
 # A held-out math task over the synthetic test split; scored like the other number tasks.
@@ -60,14 +60,15 @@ def _evaluate(model: Any, tokenizer: Any, data_dir: Path, out: Path, config: Any
 
 
 def _finetune(config: Any) -> None:
-    """Train, or find the run finished; an adapter trained with other settings is trained again."""
+    """Train, or find the run finished; the demo's adapter folder holding another run (other settings, or one of
+    an earlier version) is trained again."""
     import dataclasses
 
     from llm_adapters.train import finetune
 
     try:
         finetune(config)
-    except RunMismatchError as error:
+    except (RunMismatchError, OutputExistsError) as error:
         print(f"{error}\n-> the demo trains it again", flush=True)
         finetune(dataclasses.replace(config, overwrite=True))
 

@@ -272,7 +272,7 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepar
         >>> evaluate(model, tokenizer, EvalConfig(base_model="tiny-llama", tasks=("boolq",), limit=8))
     """
     from llm_adapters.methods import adapter_identity
-    from llm_adapters.models import base_identity
+    from llm_adapters.models import base_identity, dtype_name
 
     prepared = prepared or prepare_tasks(config, tasks)
     trained = _adapter_training(config)
@@ -293,8 +293,7 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepar
     rundir.begin(output_dir, plan, identity, record={"base_model": base_name, "adapter": config.adapter})
     parameter = next(model.parameters())
     model_record = {"model": base_name, "adapter": config.adapter, "model_identity": identity,
-                    "provenance": provenance(device=str(parameter.device), dtype=str(parameter.dtype)
-                                             .removeprefix("torch."))}
+                    "provenance": provenance(device=str(parameter.device), dtype=dtype_name(parameter.dtype))}
     settings = _Settings(template, decode, config)
     summaries = {d.task.name: _evaluate_task(model, tokenizer, d, output_dir, settings, model_record,
                                              trained.get("cutoff_len")) for d in prepared.data}

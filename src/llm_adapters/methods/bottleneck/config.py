@@ -7,6 +7,8 @@ from typing import Literal, Optional, Union
 from peft.config import PeftConfig
 from transformers.activations import ACT2FN
 
+from llm_adapters.errors import UserError
+
 VARIANTS = ("series", "parallel")
 SIDES = ("output", "input")
 INITS = ("zeros", "paper")
@@ -58,7 +60,7 @@ class BottleneckConfig(PeftConfig):
         self.target_modules = set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
         problems = list(_validate(self))
         if problems:
-            raise ValueError("bad bottleneck config: " + "; ".join(problems))
+            raise UserError("bad bottleneck config: " + "; ".join(problems))
 
 
 def _validate(config: BottleneckConfig):
