@@ -218,6 +218,100 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_study_commands(subparsers: argparse._SubParsersAction) -> None:
+    study = subparsers.add_parser("study", help="a grid of fine-tune + evaluate runs from one spec: plan, run, "
+                                                "status, report")
+    sub = study.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
+    plan = sub.add_parser("plan", help="the runs, their trainable-parameter %% and an estimated cost",
+                          description="Example: llm-adapters study plan configs/studies/mini-rq1-placement.yaml")
+    plan.add_argument("spec", help="study spec (YAML)")
+    plan.add_argument("--shard", help="only shard i/n of the runs (1-based)")
+    plan.add_argument("--json", action="store_true", help="print a JSON list of the runs")
+    plan.add_argument("--no-calibrate", action="store_true", help="no time estimate (it loads the model)")
+    plan.set_defaults(func=_run_study_plan)
+    run = sub.add_parser("run", help="fine-tune then evaluate each run into DIR, skipping finished ones",
+                         description="Rerun the same command to resume; --shard i/n splits the runs between "
+                                     "machines, whose DIR/runs folders merge by copying.")
+    run.add_argument("spec", help="study spec (YAML)")
+    run.add_argument("--out", required=True, help="the study folder")
+    run.add_argument("--shard", help="only shard i/n of the runs (1-based)")
+    run.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars inside the runs")
+    run.set_defaults(func=_run_study_run)
+    status = sub.add_parser("status", help="done / running / failed / pending runs of a study folder")
+    status.add_argument("dir", help="the study folder")
+    status.add_argument("--json", action="store_true", help="print {run name: status}")
+    status.set_defaults(func=_run_study_status)
+    report = sub.add_parser("report", help="tables, paired comparisons and plots from one or more study folders")
+    report.add_argument("dirs", nargs="+", help="study folders (several: compared side by side)")
+    report.add_argument("--out", help="where report.md, table.csv and the PNGs go (default: DIR/report)")
+    report.add_argument("--json", action="store_true", help="print one record per run x task instead")
+    report.set_defaults(func=_run_study_report)
+
+
+def _run_study_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from llm_adapters.study import load_study, plan
+
+    rows = plan(load_study(args.spec), args.shard, calibrate=not args.no_calibrate)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for row in rows:
+        seconds = row.get("estimated_seconds")
+        estimate = "" if seconds is None else f", ~{seconds / 60:.1f} min (estimate)" if seconds >= 60 else \
+            f", ~{seconds} s (estimate)"
+        tokens = f"{row['train_tokens']:,} training tokens" if row["train_tokens"] else "training tokens unknown"
+        print(f"{row['id']}  {row['name']:<28} {row['percent']:8.4f} % trainable, {tokens}, "
+              f"{row['questions'] if row['questions'] is not None else '?'} questions{estimate}")
+    total = sum(row.get("estimated_seconds", 0) for row in rows)
+    print(f"{len(rows)} runs" + (f"; estimated {total / 3600:.2f} h on this machine (from a short calibration: an "
+                                 "estimate)" if any("estimated_seconds" in row for row in rows) else ""))
+    return 0
+
+
+def _run_study_run(args: argparse.Namespace) -> int:
+    from llm_adapters.study import load_study, run_study
+
+    counts = run_study(load_study(args.spec), args.out, args.shard, retry_failed=args.retry_failed,
+                       progress=not args.no_progress)
+    return 1 if counts["failed"] else 0
+
+
+def _run_study_status(args: argparse.Namespace) -> int:
+    import json
+
+    from llm_adapters.study import expand
+    from llm_adapters.study import store
+
+    runs = expand(store.saved_study(args.dir))
+    states = {run.name: store.status(store.run_folder(args.dir, run)) for run in runs}
+    if args.json:
+        print(json.dumps(states, indent=1))
+        return 0
+    for run in runs:
+        print(f"{states[run.name]:<12} {run.name} ({run.id})")
+    counts = {state: list(states.values()).count(state) for state in dict.fromkeys(states.values())}
+    print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
+
+
+def _run_study_report(args: argparse.Namespace) -> int:
+    import json
+
+    from llm_adapters.study import report
+    from llm_adapters.study.report import load, records
+
+    if args.json:
+        print(json.dumps(records(load(args.dirs)[0]), indent=1))
+        return 0
+    result = report(args.dirs, args.out)
+    print(result["markdown"], end="")
+    print(f"report in {result['folder']}/ (report.md, table.csv, PNG plots)")
+    return 0
+
+
 def _add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     from llm_adapters.demo import DemoOptions
 
@@ -251,6 +345,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_finetune_command(subparsers)
     _add_params_command(subparsers)
     _add_methods_command(subparsers)
+    _add_study_commands(subparsers)
     _add_demo_command(subparsers)
     _add_data_commands(subparsers)
     return parser

@@ -372,6 +372,30 @@ def _build_tiny(name: str, seed: int) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
+def load_meta(name_or_path: str, trust_remote_code: bool = False) -> torch.nn.Module:
+    """Any model's architecture on the meta device (no weights, no memory), from its config: for counting
+    parameters (`study plan`).
+
+    Raises:
+        UserError: no config for that name here.
+    """
+    if name_or_path in _PRESETS:
+        return _build_meta(name_or_path)
+    if name_or_path in _TINY:
+        settings = dict(_TINY[name_or_path])
+        config = AutoConfig.for_model(settings.pop("model_type"), vocab_size=_TINY_VOCAB, **settings)
+    else:
+        folder = _embedded_folder() if name_or_path == EMBEDDED else name_or_path
+        try:
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot read the config of {name_or_path!r} ({str(error).splitlines()[0]})") from error
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    model.config.name_or_path = name_or_path
+    return model
+
+
 def _build_meta(name: str) -> torch.nn.Module:
     settings = dict(_PRESETS[name])
     config = AutoConfig.for_model(settings.pop("model_type"), **settings)

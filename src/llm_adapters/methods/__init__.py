@@ -22,6 +22,7 @@ from . import placement as placement_table
 from .generation import fix_prompt_learning_generation
 from .registry import METHODS, Method, get_method, methods_table, peft_types
 from .spec import PRESETS, AdapterSpec, make_spec, resolve_spec
+from llm_adapters.models import TINY_MODELS
 
 __all__ = ["AdapterSpec", "METHODS", "Method", "PRESETS", "adapter_identity", "attach", "build_peft_config",
            "count_parameters", "get_method", "load_adapter", "make_spec", "methods_table", "peft_types",
@@ -62,6 +63,9 @@ def attach(model: nn.Module, spec: AdapterSpec | str | dict[str, Any], adapter_n
         model.add_adapter(adapter_name, build_peft_config(model.get_base_model(), spec))
         return model
     peft_model = get_peft_model(model, build_peft_config(model, spec), adapter_name=adapter_name)
+    if getattr(model, "name_or_path", None) in TINY_MODELS:
+        # A built-in test model is no hub id: recorded as one, PEFT would look it up on the hub at every save.
+        peft_model.peft_config[adapter_name].base_model_name_or_path = None
     return fix_prompt_learning_generation(peft_model)
 
 
@@ -69,10 +73,12 @@ def save_adapter(peft_model: PeftModel, folder: str | Path, initial: str | Path 
     """Save the adapter (safetensors). `initial`: where the adapter was saved right after `attach`, for methods
     that rewrite the base weights (PiSSA, OLoRA): the saved adapter is then the difference to that state, a plain
     LoRA of rank 2r that loads onto the untouched base (PEFT's weight conversion)."""
+    # Our placements never adapt the embeddings: PEFT need not check (on the hub) whether the vocabulary grew.
     if initial is not None:
-        peft_model.save_pretrained(str(folder), path_initial_model_for_weight_conversion=str(initial))
+        peft_model.save_pretrained(str(folder), path_initial_model_for_weight_conversion=str(initial),
+                                   save_embedding_layers=False)
     else:
-        peft_model.save_pretrained(str(folder))
+        peft_model.save_pretrained(str(folder), save_embedding_layers=False)
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | Path, *, is_trainable: bool = False,
@@ -141,7 +147,8 @@ def adapter_identity(model: nn.Module) -> dict[str, Any] | None:
     config = {k: v for k, v in model.peft_config[name].to_dict().items()
               if k not in ("base_model_name_or_path", "revision", "inference_mode")}
     weights = hashlib.sha256()
-    for key, tensor in sorted(get_peft_model_state_dict(model, adapter_name=name).items()):
+    state = get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False)
+    for key, tensor in sorted(state.items()):
         tensor = tensor.detach().contiguous().cpu()
         weights.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
         weights.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")

@@ -199,7 +199,7 @@ class LossReport(TrainerCallback):
             return
         step = state.global_step
         if "loss" in logs and self.bar is not None:
-            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
         line = None
         if "loss" in logs and (step % self.every == 0 or step == state.max_steps):
             line = f"step {step}/{state.max_steps}: loss {logs['loss']:.4f}, lr {logs.get('learning_rate', 0):.2e}"

@@ -1,0 +1,292 @@
+"""`study plan` and `study run`: the runs of a spec, their cost, and running them (fine-tune, then evaluate) into
+the store, skipping finished ones. A failed run (an exception, a non-finite loss) is recorded with its error and
+the study goes on."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import resource
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from llm_adapters import config as configs
+from llm_adapters.files import write_json_atomic
+from llm_adapters.study import store
+from llm_adapters.study.spec import Run, StudySpec, expand, shard
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+def trainable_percent(study: StudySpec, run: Run) -> dict[str, float]:
+    """Trainable / total parameters of the run's adapter, counted on the meta device (no weights)."""
+    from llm_adapters.methods import attach, count_parameters
+    from llm_adapters.models import load_meta
+
+    spec = run.spec
+    if spec.method_record.rewrites_base:  # PiSSA/OLoRA decompose real weights; their shapes are LoRA's
+        spec = dataclasses.replace(spec, method="lora")
+    return count_parameters(attach(load_meta(study.base_model), spec))
+
+
+def plan(study: StudySpec, shard_spec: str | None = None, calibrate: bool = True) -> list[dict[str, Any]]:
+    """One row per run: id, name, grid values, trainable %, training tokens, questions, and (with `calibrate`,
+    where the base model loads here) an estimated time from a short measurement."""
+    runs = shard(expand(study), shard_spec)
+    tokens = _training_tokens(study)
+    questions = _questions(study)
+    speed = _calibrate(study) if calibrate and runs else None
+    rows = []
+    for run in runs:
+        counts = trainable_percent(study, run)
+        epochs = float(run.finetune.get("num_epochs", 3.0))
+        steps = run.finetune.get("max_steps", -1)
+        train_tokens = (tokens["per_example"] * int(run.finetune.get("batch_size", 16)) * steps
+                        if steps and steps > 0 else tokens["total"] * epochs) if tokens else None
+        row = {"id": run.id, "name": run.name, **run.values, "method": run.spec.method,
+               "placement": _placement(run), "seed": run.finetune.get("seed", 42),
+               "trainable": counts["trainable"], "percent": counts["percent"],
+               "train_tokens": round(train_tokens) if train_tokens else None, "questions": questions}
+        if speed and train_tokens is not None and questions is not None:
+            row["estimated_seconds"] = round(train_tokens / speed["train_tokens_per_s"]
+                                             + questions * speed["seconds_per_question"])
+        rows.append(row)
+    return rows
+
+
+def _placement(run: Run) -> str:
+    value = run.spec.resolved_placement
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def _training_tokens(study: StudySpec) -> dict[str, float] | None:
+    """Real tokens of one pass over the training data (prompt + response + EOS, cut at cutoff_len)."""
+    from llm_adapters.models import load_tokenizer
+    from llm_adapters.train.batches import encode_records, split_records
+    from llm_adapters.train.config import FinetuneConfig
+
+    try:
+        records = _records(study)
+        tokenizer = load_tokenizer(study.base_model)
+    except Exception:  # no data or tokenizer here (a 7B spec on a laptop): the plan shows no token count
+        return None
+    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+    settings = {**defaults, **study.finetune}
+    train, _ = split_records(records, settings["val_set_size"], settings["seed"], settings["max_examples"])
+    examples, stats = encode_records(train, tokenizer, template=settings["template"],
+                                     cutoff_len=settings["cutoff_len"], train_on_inputs=settings["train_on_inputs"])
+    return {"total": stats.tokens, "per_example": stats.tokens / max(1, len(examples))}
+
+
+def _records(study: StudySpec) -> list[dict[str, Any]]:
+    from llm_adapters.data.builders import BUILDERS
+    from llm_adapters.data.io import read_records
+
+    if isinstance(study.data, dict):
+        builder = BUILDERS[study.data["builder"]]
+        options = configs.build(builder.options, {k: v for k, v in study.data.items() if k != "builder"})
+        return builder.build(options).records
+    return read_records(study.data_path(), ("instruction", "output"))
+
+
+def _questions(study: StudySpec) -> int | None:
+    from llm_adapters.eval import EvalConfig, prepare_tasks
+
+    config = configs.build(EvalConfig, study.evaluate, label="study evaluate")
+    try:
+        prepared = prepare_tasks(dataclasses.replace(config, skip_missing=True))
+    except Exception:  # no benchmark files here: the plan shows no question count
+        return None
+    return sum(min(len(d.records), config.limit or len(d.records)) for d in prepared.data)
+
+
+def _calibrate(study: StudySpec) -> dict[str, float] | None:
+    """A short measurement on this machine: training tokens/s of one LoRA step, seconds per question of one
+    batch of generation. An estimate: methods, prompt lengths and answers differ."""
+    import torch
+
+    from llm_adapters.eval.generate import DecodeConfig, generate_batch
+    from llm_adapters.data.tasks import TASKS
+    from llm_adapters.methods import attach
+    from llm_adapters.models import load_model
+
+    try:
+        model, tokenizer = load_model(study.base_model)
+    except Exception:  # a model that cannot load here: no time estimate
+        return None
+    text = "Below is an instruction. " * 8
+    batch = tokenizer([text] * 4, return_tensors="pt").to(next(model.parameters()).device)
+    peft_model = attach(model, {"method": "lora", "r": 8})
+    peft_model.train()
+    start = time.perf_counter()
+    peft_model(**batch, labels=batch["input_ids"]).loss.backward()
+    train_tps = batch["input_ids"].numel() / (time.perf_counter() - start)
+    peft_model.eval()
+    budget = int(study.evaluate.get("max_new_tokens") or 64)
+    start = time.perf_counter()
+    with torch.no_grad():
+        generate_batch(peft_model, tokenizer, [text] * 4, TASKS["gsm8k"], DecodeConfig(max_new_tokens=8,
+                                                                                       stop_rules=False))
+    per_token = (time.perf_counter() - start) / (4 * 8)
+    # Half the budget on average: the stop rule ends most answers early.
+    return {"train_tokens_per_s": train_tps, "seconds_per_question": per_token * budget / 2}
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+def run_study(study: StudySpec, out: str | Path, shard_spec: str | None = None, retry_failed: bool = False,
+              progress: bool = True) -> dict[str, int]:
+    """Run every pending run of the study (or of one shard) into `out`; finished runs are skipped.
+
+    Returns:
+        {"done": ..., "failed": ..., "skipped": ...} for this call.
+
+    Raises:
+        UserError: `out` holds another study, or this one with a changed key that enters the run ids.
+    """
+    out = Path(out)
+    runs = shard(expand(study), shard_spec)
+    store.open_store(out, study)
+    data = _training_data(study, out)
+    counts = {"done": 0, "failed": 0, "skipped": 0}
+    durations: list[float] = []
+    for number, run in enumerate(runs, start=1):
+        folder = store.run_folder(out, run)
+        state = store.status(folder)
+        if state == "done" or (state == "failed" and not retry_failed) or state == "running":
+            counts["skipped"] += 1
+            continue
+        remaining = sum(1 for r in runs[number - 1:] if store.status(store.run_folder(out, r)) != "done")
+        eta = f", ETA {_duration(remaining * sum(durations) / len(durations))}" if durations else ""
+        print(f"[study] run {number}/{len(runs)} {run.name} ({run.id}){eta}", flush=True)
+        started = time.time()
+        ok = execute(study, run, out, data, progress)
+        durations.append(time.time() - started)
+        counts["done" if ok else "failed"] += 1
+    print(f"[study] {study.name}: {counts['done']} run(s) done, {counts['failed']} failed, {counts['skipped']} "
+          f"skipped (finished before, failed earlier or running elsewhere); results in {out}", flush=True)
+    return counts
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min {int(seconds % 60)} s"
+
+
+def _training_data(study: StudySpec, out: Path) -> Path:
+    """The training file: the spec's path, or the builder's output, built once into DIR/data/."""
+    from llm_adapters.data.builders import BUILDERS
+    from llm_adapters.study.spec import data_identity
+
+    if not isinstance(study.data, dict):
+        return study.data_path()
+    identity = data_identity(study.data)
+    tag = json.dumps(identity, sort_keys=True)
+    import hashlib
+
+    path = out / "data" / f"{study.data['builder']}-{hashlib.sha256(tag.encode()).hexdigest()[:10]}.json"
+    if not path.exists():
+        builder = BUILDERS[study.data["builder"]]
+        options = configs.build(builder.options, {k: v for k, v in study.data.items() if k != "builder"})
+        builder.build(options, path, overwrite=True)
+    return path
+
+
+def execute(study: StudySpec, run: Run, out: Path, data: Path, progress: bool = True) -> bool:
+    """Fine-tune and evaluate one run into its folder; record its result (or its failure). True if done."""
+    from llm_adapters.eval import EvalConfig, evaluate
+    from llm_adapters.methods import load_adapter
+    from llm_adapters.models import load_model
+    from llm_adapters.train import FinetuneConfig, finetune
+
+    folder = store.run_folder(out, run)
+    folder.mkdir(parents=True, exist_ok=True)
+    store.mark_running(folder)
+    store.record_event(out, "started", run)
+    _reset_peak_memory()
+    try:
+        config = configs.build(FinetuneConfig, {**run.finetune, "data": str(data), "output_dir": str(folder / "adapter"),
+                                                "base_model": study.base_model, "adapter": run.spec.to_dict(),
+                                                "progress": progress}, label=f"run {run.name}")
+        adapter = finetune(config)
+        manifest = json.loads((adapter / "manifest.json").read_text(encoding="utf-8"))
+        loss = manifest["training"]["mean_loss"]
+        if loss is None or not math.isfinite(loss):
+            raise FloatingPointError(f"the training loss is not finite ({loss}): the run diverged")
+        eval_started = time.time()
+        model, tokenizer = load_model(study.base_model)
+        model = load_adapter(model, adapter, base_model=study.base_model)
+        evaluation = evaluate(model, tokenizer, configs.build(EvalConfig, {
+            **run.evaluate, "base_model": study.base_model, "adapter": str(adapter),
+            "output_dir": str(folder / "eval"), "progress": progress}, label=f"run {run.name} evaluate"))
+        del model
+        result = _result(run, study, manifest, adapter, evaluation, time.time() - eval_started, folder)
+    except Exception as error:  # any failure of one run is recorded and the study goes on
+        write_json_atomic(folder / store.FAILED, {"id": run.id, "name": run.name, "values": run.values,
+                                                  "error": f"{type(error).__name__}: {error}",
+                                                  "traceback": traceback.format_exc()})
+        store.record_event(out, "failed", run, error=f"{type(error).__name__}: {error}")
+        (folder / store.RUNNING).unlink(missing_ok=True)
+        print(f"[study] run {run.name} ({run.id}) failed: {type(error).__name__}: {error}", flush=True)
+        return False
+    write_json_atomic(folder / store.RESULT, result)
+    (folder / store.FAILED).unlink(missing_ok=True)
+    (folder / store.RUNNING).unlink(missing_ok=True)
+    store.record_event(out, "done", run)
+    return True
+
+
+def _result(run: Run, study: StudySpec, manifest: dict[str, Any], adapter: Path, evaluation: dict[str, Any],
+            eval_seconds: float, folder: Path) -> dict[str, Any]:
+    """The run's record: its grid values, what PEFT's method_comparison records (training wall time, real
+    tokens/s, peak memory, adapter size, trainable parameters, evaluation time) and per task its accuracy and
+    each question's outcome (for paired tests)."""
+    import torch
+
+    training = manifest["training"]
+    runtime = training.get("train_runtime_s") or training.get("wall_time_s")
+    real_tokens = training["tokens_per_step"] * training["steps"]
+    tasks = {}
+    for name, summary in evaluation["tasks"].items():
+        key = "correct" if summary["metric"] == "generate" else "loglik_correct"
+        lines = (folder / "eval" / name / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        outcomes = [bool(json.loads(line)[key]) for line in lines][:summary["n"]]
+        tasks[name] = {"accuracy": summary["accuracy"], "n": summary["n"], "correct": summary["correct"],
+                       "group": summary["group"], "outcomes": outcomes}
+    return {
+        "id": run.id, "name": run.name, "study": study.name, "base_model": study.base_model, "values": run.values,
+        "method": run.spec.method, "placement": _placement(run), "seed": manifest["seed"],
+        "spec": run.spec.to_dict(), "parameters": manifest["parameters"],
+        "metrics": {"train_seconds": runtime, "real_tokens_per_second": real_tokens / runtime if runtime else None,
+                    "peak_rss_bytes": _peak_rss(),
+                    "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+                    "adapter_bytes": sum(p.stat().st_size for p in adapter.glob("adapter_model.*")),
+                    "eval_seconds": round(eval_seconds, 1), "mean_loss": training["mean_loss"],
+                    "last_loss": training["last_loss"]},
+        "tasks": tasks,
+    }
+
+
+def _reset_peak_memory() -> None:
+    """Start the run's peak memory from now: Linux resets the peak RSS on writing 5 to clear_refs."""
+    import torch
+
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's since it started (said in the record)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this process since the last reset, in bytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,299 @@
+"""A study: one YAML file that expands into runs (fine-tune one adapter, then evaluate it), each with a stable id.
+
+    name: mini-rq1-placement
+    base_model: smollm2-135m
+    data: data/math-300.json           # a path, or {builder: math|commonsense|synthetic-arithmetic, ...options}
+    finetune: {num_epochs: 1, batch_size: 16, micro_batch_size: 4}   # FinetuneConfig fields
+    evaluate: {tasks: [gsm8k, svamp, mawps], limit: 40}               # EvalConfig fields
+    adapter: {dropout: 0.0}            # optional: spec fields every run starts from
+    grid:                              # the cartesian product (a list of mappings: the union of products)
+      method: [lora, series, parallel] # any AdapterSpec or FinetuneConfig field may be an axis
+      placement: [attn, mlp, attn+mlp]
+      seed: [1, 2]
+    overrides: {lora: {r: 32, alpha: 64}}   # per-method spec fields
+    exclude: [{method: series, placement: attn}]
+    in_distribution: [gsm8k]           # optional: the tasks that are in-distribution (RQ3 plots)
+
+A run's adapter spec is `adapter`, then the method's `overrides`, then the grid's spec values; its fine-tuning
+settings are `finetune`, then the grid's finetune values. Its id hashes what decides its results: the fine-tuning
+settings, the data by content, the base model, the spec's fields the method uses (placement resolved), and the
+evaluation settings. Two grid points that resolve to the same run are one run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_adapters import config as configs
+from llm_adapters.errors import UserError
+
+KEYS = ("name", "description", "base_model", "data", "finetune", "evaluate", "adapter", "grid", "overrides",
+        "exclude", "in_distribution", "resources")
+# Set by the study for every run: not for `finetune` / `evaluate` sections or grid axes.
+_FINETUNE_SET = ("data", "base_model", "adapter", "output_dir", "overwrite", "progress")
+_EVALUATE_SET = ("base_model", "adapter", "output_dir", "overwrite", "progress")
+# Ids grow with the study; short enough to read beside a name, long enough not to collide in a grid.
+ID_LENGTH = 10
+_SHORT = {"seed": "s", "r": "r", "alpha": "a", "bottleneck_size": "bn", "num_virtual_tokens": "vt",
+          "learning_rate": "lr", "num_epochs": "ep"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One grid point: an adapter spec, its fine-tuning settings and the evaluation settings."""
+
+    id: str
+    name: str
+    values: dict[str, Any]  # the grid values of this run, by axis
+    spec: Any  # AdapterSpec
+    finetune: dict[str, Any]  # FinetuneConfig fields, without data, base_model, adapter, output_dir
+    evaluate: dict[str, Any]  # EvalConfig fields, without base_model, adapter, output_dir
+
+    @property
+    def folder_name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9.+_-]+", "-", f"{self.name}-{self.id}")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A study spec, validated (see the module docstring for the keys)."""
+
+    name: str
+    base_model: str
+    data: str | dict
+    grid: tuple[dict[str, tuple], ...]
+    finetune: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+    adapter: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exclude: tuple[dict[str, Any], ...] = ()
+    in_distribution: tuple[str, ...] = ()
+    resources: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    source: str = ""  # the file it was read from
+
+    def fixed(self) -> dict[str, Any]:
+        """What every run shares and its id depends on: a study folder refuses a spec whose fixed part changed
+        (growing the grid is allowed)."""
+        return {"base_model": self.base_model, "data": data_identity(self.data, self.source),
+                "finetune": self.finetune, "evaluate": self.evaluate, "adapter": self.adapter,
+                "overrides": self.overrides}
+
+    def axes(self) -> list[str]:
+        """Every grid axis, in the order the spec names them."""
+        return list(dict.fromkeys(axis for product in self.grid for axis in product))
+
+    def data_path(self) -> Path | None:
+        """The training data file of a `data: path` spec (relative paths: to the spec file's folder, else the
+        working directory); None for a builder."""
+        if isinstance(self.data, dict):
+            return None
+        path = Path(self.data).expanduser()
+        if not path.is_absolute() and self.source and not path.exists():
+            beside = Path(self.source).parent / path
+            if beside.exists():
+                return beside
+        return path
+
+
+def data_identity(data: str | dict, source: str = "") -> dict[str, Any]:
+    """Training data by content: a file's sha256, or a builder and its (deterministic) options."""
+    from llm_adapters.files import sha256_path
+
+    if isinstance(data, dict):
+        return {"builder": data["builder"], "options": _builder_options(data)}
+    path = StudySpec("", "", data, (), source=source).data_path()
+    if not path.exists():
+        raise UserError(f"study data {data!r}: no such file ({path}); build it first (llm-adapters data build) or "
+                        "give {builder: ...}")
+    return {"sha256": sha256_path(path)}
+
+
+def _builder_options(data: dict) -> dict[str, Any]:
+    from llm_adapters.data.builders import BUILDERS
+
+    builder = BUILDERS[data["builder"]]
+    options = {k: v for k, v in data.items() if k != "builder"}
+    return configs.to_dict(configs.build(builder.options, options, label=f"study data ({data['builder']})"))
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study spec; every problem in one error.
+
+    Raises:
+        MissingInputError: no such file.
+        UserError: unknown keys, bad sections or axes, a grid point that is not a valid run (named).
+    """
+    values = configs.read_yaml(path)
+    return build_study(values, source=str(path))
+
+
+def build_study(values: dict[str, Any], source: str = "") -> StudySpec:
+    from llm_adapters.eval.config import EvalConfig
+    from llm_adapters.methods import get_method
+    from llm_adapters.methods.spec import AdapterSpec
+    from llm_adapters.train.config import FinetuneConfig
+
+    where = f"{source}: " if source else ""
+    problems = [f"unknown key {key!r}; accepted: {', '.join(KEYS)}" for key in values if key not in KEYS]
+    for key in ("name", "base_model", "data", "grid"):
+        if key not in values:
+            problems.append(f"{key} is required")
+    spec_fields = {f.name for f in dataclasses.fields(AdapterSpec)}
+    finetune_fields = set(configs.fields(FinetuneConfig)) - set(_FINETUNE_SET)
+    evaluate_fields = set(configs.fields(EvalConfig)) - set(_EVALUATE_SET)
+    for section, accepted in (("finetune", finetune_fields), ("evaluate", evaluate_fields),
+                              ("adapter", spec_fields | {"preset"})):
+        value = values.get(section, {}) or {}
+        if not isinstance(value, dict):
+            problems.append(f"{section} must be a mapping of fields, got {value!r}")
+            continue
+        problems += [f"{section}.{key}: not a field here; accepted: {', '.join(sorted(accepted))}"
+                     for key in value if key not in accepted]
+    data = values.get("data")
+    if isinstance(data, dict):
+        from llm_adapters.data.builders import BUILDERS
+
+        if data.get("builder") not in BUILDERS:
+            problems.append(f"data.builder {data.get('builder')!r} is not one of {', '.join(BUILDERS)}")
+        else:
+            try:
+                _builder_options(data)
+            except UserError as error:
+                problems.append(str(error))
+    elif data is not None and not isinstance(data, str):
+        problems.append(f"data must be a path or {{builder: ..., options...}}, got {data!r}")
+    grid = values.get("grid")
+    products = [grid] if isinstance(grid, dict) else grid if isinstance(grid, list) else None
+    if grid is not None and (products is None or not all(isinstance(p, dict) for p in products)):
+        problems.append("grid must be a mapping of axis -> list of values, or a list of such mappings")
+        products = []
+    axes_ok = spec_fields | finetune_fields
+    for product in products or []:
+        for axis, axis_values in product.items():
+            if axis not in axes_ok:
+                problems.append(f"grid axis {axis!r} is not an adapter spec or finetune field")
+            if not isinstance(axis_values, list) or not axis_values:
+                problems.append(f"grid axis {axis!r} must be a non-empty list, got {axis_values!r}")
+    overrides = values.get("overrides", {}) or {}
+    for method, fields_ in overrides.items() if isinstance(overrides, dict) else []:
+        try:
+            get_method(method)
+        except UserError as error:
+            problems.append(f"overrides.{method}: {error}")
+        if not isinstance(fields_, dict):
+            problems.append(f"overrides.{method} must be a mapping of spec fields, got {fields_!r}")
+            continue
+        problems += [f"overrides.{method}.{key}: not an adapter spec field" for key in fields_
+                     if key not in spec_fields | {"preset"}]
+    exclude = values.get("exclude", []) or []
+    all_axes = {axis for product in products or [] for axis in product}
+    for entry in exclude if isinstance(exclude, list) else [exclude]:
+        if not isinstance(entry, dict) or not set(entry) <= all_axes:
+            problems.append(f"exclude entry {entry!r}: a mapping of grid axes ({', '.join(sorted(all_axes))})")
+    if problems:
+        raise UserError(f"invalid study spec: {where}" + "; ".join(problems))
+    study = StudySpec(
+        name=str(values["name"]), base_model=str(values["base_model"]), data=data,
+        grid=tuple({axis: tuple(v) for axis, v in product.items()} for product in products),
+        finetune=dict(values.get("finetune") or {}), evaluate=dict(values.get("evaluate") or {}),
+        adapter=dict(values.get("adapter") or {}), overrides={k: dict(v) for k, v in overrides.items()},
+        exclude=tuple(exclude), in_distribution=tuple(values.get("in_distribution") or ()),
+        resources=dict(values.get("resources") or {}), description=str(values.get("description", "")),
+        source=source)
+    expand(study)  # every grid point must be a valid run: reported now, not after hours of the others
+    return study
+
+
+def expand(study: StudySpec) -> list[Run]:
+    """The study's runs, in grid order, without exclusions and duplicates.
+
+    Raises:
+        UserError: a grid point that is not a valid run (its adapter spec or fine-tuning settings), named.
+    """
+    from llm_adapters.eval.config import EvalConfig
+    from llm_adapters.methods.spec import AdapterSpec, make_spec
+    from llm_adapters.train.config import FinetuneConfig
+
+    spec_fields = {f.name for f in dataclasses.fields(AdapterSpec)}
+    fixed = study.fixed()
+    evaluate = configs.build(EvalConfig, study.evaluate, label="study evaluate").to_dict()
+    eval_identity = {k: evaluate[k] for k in ("tasks", "limit", "template", "protocol", "scoring", "rules",
+                                              "max_new_tokens")}
+    runs: dict[str, Run] = {}
+    problems = []
+    for product in study.grid:
+        axes = list(product)
+        for combination in itertools.product(*(product[a] for a in axes)):
+            values = dict(zip(axes, combination))
+            if any(all(values.get(k) == v for k, v in entry.items()) for entry in study.exclude):
+                continue
+            name = _name(values)
+            method = values.get("method", study.adapter.get("method"))
+            spec_values = {**study.adapter, **study.overrides.get(method, {}),
+                           **{k: v for k, v in values.items() if k in spec_fields}}
+            finetune = {**study.finetune, **{k: v for k, v in values.items() if k not in spec_fields}}
+            preset = spec_values.pop("preset", None)
+            try:
+                spec = make_spec(preset, **{k: configs.coerce(AdapterSpec, k, v) for k, v in spec_values.items()})
+                config = configs.build(FinetuneConfig, {**finetune, "data": "<study data>", "output_dir": "<run>",
+                                                        "base_model": study.base_model, "adapter": spec.to_dict()},
+                                       label="finetune settings")
+            except UserError as error:
+                problems.append(f"run {name}: {error}")
+                continue
+            settings = config.identity()
+            settings.pop("adapter")  # as `_spec_identity`: only the fields the method uses
+            identity = {"finetune": settings, "adapter": _spec_identity(spec), "evaluate": eval_identity,
+                        "data": fixed["data"], "base_model": study.base_model}
+            text = json.dumps(identity, sort_keys=True, default=str)
+            run_id = hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
+            runs.setdefault(run_id, Run(run_id, name, values, spec, finetune, dict(study.evaluate)))
+    if problems:
+        raise UserError(f"invalid study spec: {study.source + ': ' if study.source else ''}" + "; ".join(problems))
+    return list(runs.values())
+
+
+def _spec_identity(spec: Any) -> dict[str, Any]:
+    """The spec fields that decide the adapter: the method's own, with the placement resolved (`default` and the
+    method's default placement are the same run)."""
+    method = spec.method_record
+    identity = {"method": spec.method}
+    for name in method.uses:
+        value = spec.resolved_placement if name == "placement" else getattr(spec, name)
+        identity[name] = list(value) if isinstance(value, tuple) else value
+    return identity
+
+
+def _name(values: dict[str, Any]) -> str:
+    """A readable run name from its grid values: lora-attn-s1, series-bn64-s2, lora-r16-lr0.0003-s1."""
+    parts = []
+    for axis, value in values.items():
+        if axis in ("method", "placement"):
+            parts.append(str(value).replace("peft:", "") if not isinstance(value, list) else ",".join(value))
+        else:
+            parts.append(f"{_SHORT.get(axis, axis)}{value}")
+    ordered = sorted(parts, key=lambda p: p.startswith("s") and p[1:].isdigit())  # the seed last
+    return "-".join(ordered) or "run"
+
+
+def shard(runs: list[Run], shard_spec: str | None) -> list[Run]:
+    """The runs of shard `i/n` (1-based): those whose id falls to it, so a shard keeps its runs when the grid
+    grows. None: all runs.
+
+    Raises:
+        UserError: not of the form i/n with 1 <= i <= n.
+    """
+    if shard_spec is None:
+        return runs
+    match = re.fullmatch(r"(\d+)/(\d+)", shard_spec.strip())
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise UserError(f"--shard {shard_spec!r}: give i/n with 1 <= i <= n, e.g. 1/4")
+    i, n = int(match.group(1)), int(match.group(2))
+    return [run for run in runs if int(run.id, 16) % n == i - 1]

@@ -1,0 +1,150 @@
+"""The study store: the run folders are the truth, the study folder keeps their index.
+
+    DIR/study.json               the spec as given and its fixed part (what every run id depends on)
+    DIR/index.jsonl              append-only events: started / done / failed, one JSON line each (fsynced)
+    DIR/data/                    training data built from a `{builder: ...}` spec
+    DIR/runs/<name>-<id>/        one ordinary fine-tuning run folder (adapter/) and evaluation folder (eval/),
+                                 then result.json (written last, atomically: the run is done) or failed.json
+
+A kill at any instant leaves the store consistent: a run without result.json or failed.json is unfinished and is
+redone (its fine-tuning and evaluation resume where they stopped), result.json is one file per run, so a run x
+task record can never be counted twice, and a torn last index line is dropped. Shards of one study written on
+several machines merge by copying their `runs/` folders into one DIR.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from llm_adapters.errors import UserError
+from llm_adapters.files import append_jsonl, write_json_atomic
+from llm_adapters.rundir import differences
+from llm_adapters.study.spec import Run, StudySpec
+
+STUDY_FILE, INDEX_FILE, RESULT, FAILED, RUNNING = "study.json", "index.jsonl", "result.json", "failed.json", \
+    "running.json"
+
+
+def runs_dir(out: str | Path) -> Path:
+    return Path(out) / "runs"
+
+
+def run_folder(out: str | Path, run: Run) -> Path:
+    return runs_dir(out) / run.folder_name
+
+
+def open_store(out: str | Path, study: StudySpec) -> None:
+    """Create the study folder, or check that it holds this study with the same fixed part (a grown grid is
+    fine).
+
+    Raises:
+        UserError: the folder holds another study, or this one with a changed key that enters the run ids.
+    """
+    out = Path(out)
+    path = out / STUDY_FILE
+    fixed = json.loads(json.dumps(study.fixed(), default=str))
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        changed = differences(saved.get("fixed"), fixed)
+        if saved.get("name") != study.name:
+            changed.insert(0, f"name: {saved.get('name')!r} -> {study.name!r}")
+        if changed:
+            raise UserError(f"{out} holds study {saved.get('name')!r} with other settings, whose results cannot be "
+                            f"mixed with these ({'; '.join(changed)}); use another --out, or undo the change "
+                            "(growing the grid is allowed)")
+    write_json_atomic(path, {"name": study.name, "source": study.source, "fixed": fixed,
+                             "spec": _spec_as_data(study)})
+
+
+def _spec_as_data(study: StudySpec) -> dict[str, Any]:
+    return json.loads(json.dumps({"name": study.name, "description": study.description,
+                                  "base_model": study.base_model, "data": study.data,
+                                  "finetune": study.finetune, "evaluate": study.evaluate, "adapter": study.adapter,
+                                  "grid": [dict(p) for p in study.grid], "overrides": study.overrides,
+                                  "exclude": list(study.exclude), "in_distribution": list(study.in_distribution),
+                                  "resources": study.resources}, default=list))
+
+
+def saved_study(out: str | Path) -> StudySpec:
+    """The study spec a study folder was run with (for `status`, which is given the folder only).
+
+    Raises:
+        MissingInputError: not a study folder.
+    """
+    from llm_adapters.errors import MissingInputError
+    from llm_adapters.study.spec import build_study
+
+    path = Path(out) / STUDY_FILE
+    if not path.is_file():
+        raise MissingInputError(f"{out} is not a study folder (no {STUDY_FILE}); run `llm-adapters study run` first")
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return build_study(saved["spec"], source=saved.get("source") or "")
+
+
+def record_event(out: str | Path, event: str, run: Run, **extra: Any) -> None:
+    """Append one event line to the index (fsynced)."""
+    append_jsonl(Path(out) / INDEX_FILE, [{
+        "event": event, "id": run.id, "name": run.name,
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(), "pid": os.getpid(), **extra}])
+
+
+def read_index(out: str | Path) -> list[dict[str, Any]]:
+    """The index events (a torn last line, from a kill, is skipped)."""
+    path = Path(out) / INDEX_FILE
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def status(folder: Path) -> str:
+    """done, failed, running (a live process on this machine holds it), interrupted or pending."""
+    if (folder / RESULT).exists():
+        return "done"
+    if (folder / FAILED).exists():
+        return "failed"
+    marker = folder / RUNNING
+    if marker.exists():
+        try:
+            holder = json.loads(marker.read_text(encoding="utf-8"))
+        except ValueError:
+            return "interrupted"
+        if holder.get("host") == socket.gethostname() and _alive(int(holder.get("pid", -1))):
+            return "running"
+        return "interrupted"
+    return "pending" if not folder.exists() else "interrupted"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def mark_running(folder: Path) -> None:
+    write_json_atomic(folder / RUNNING, {"host": socket.gethostname(), "pid": os.getpid()})
+
+
+def results(out: str | Path) -> list[dict[str, Any]]:
+    """Every finished run's result.json in the study folder, one per run (sorted by folder)."""
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(runs_dir(out).glob(f"*/{RESULT}"))]
+
+
+def failures(out: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(runs_dir(out).glob(f"*/{FAILED}"))]
