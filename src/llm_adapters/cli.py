@@ -300,13 +300,12 @@ def _run_study_status(args: argparse.Namespace) -> int:
 def _run_study_report(args: argparse.Namespace) -> int:
     import json
 
-    from llm_adapters.study import report
-    from llm_adapters.study.report import load, records
+    from llm_adapters.study.report import load, records, write_report
 
     if args.json:
         print(json.dumps(records(load(args.dirs)[0]), indent=1))
         return 0
-    result = report(args.dirs, args.out)
+    result = write_report(args.dirs, args.out)
     print(result["markdown"], end="")
     print(f"report in {result['folder']}/ (report.md, table.csv, PNG plots)")
     return 0

@@ -63,6 +63,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
                      n_positions=2048, tie_word_embeddings=False),
 }
 META_PRESETS: tuple[str, ...] = tuple(_PRESETS)
+# The hub checkpoints of the papers' backbones: their architecture is a preset, so they count without a download.
+_HUB_PRESETS = {"yahma/llama-7b-hf": "llama-7b", "yahma/llama-13b-hf": "llama-13b",
+                "bigscience/bloomz-7b1": "bloomz-7b1", "EleutherAI/gpt-j-6b": "gpt-j-6b"}
 KNOWN_NAMES: tuple[str, ...] = (EMBEDDED, *TINY_MODELS, *META_PRESETS)
 
 
@@ -379,8 +382,8 @@ def load_meta(name_or_path: str, trust_remote_code: bool = False) -> torch.nn.Mo
     Raises:
         UserError: no config for that name here.
     """
-    if name_or_path in _PRESETS:
-        return _build_meta(name_or_path)
+    if name_or_path in _PRESETS or name_or_path in _HUB_PRESETS:
+        return _build_meta(_HUB_PRESETS.get(name_or_path, name_or_path))
     if name_or_path in _TINY:
         settings = dict(_TINY[name_or_path])
         config = AutoConfig.for_model(settings.pop("model_type"), vocab_size=_TINY_VOCAB, **settings)

@@ -81,7 +81,8 @@ def _placement_bars(rows: dict[str, Any], path: Path) -> Path:
     for k, placement in enumerate(placements):
         xs, ys, errors = [], [], []
         for m, method in enumerate(methods):
-            match = [r for r in rows.values() if r["method"] == method and str(r["values"].get("placement")) == placement]
+            match = [r for r in rows.values()
+                     if r["method"] == method and str(r["values"].get("placement")) == placement]
             if match:
                 xs.append(m + (k - (len(placements) - 1) / 2) * width)
                 ys.append(100 * match[0]["cells"]["average"]["mean"])

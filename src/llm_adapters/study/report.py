@@ -199,7 +199,7 @@ def csv_text(summary: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def report(folders: list[str | Path], out: str | Path | None = None) -> dict[str, Any]:
+def write_report(folders: list[str | Path], out: str | Path | None = None) -> dict[str, Any]:
     """Write report.md, table.csv and the plots into `out` (default: the first folder's report/)."""
     from llm_adapters.plots import study_figures
 

@@ -35,9 +35,10 @@ def plan(study: StudySpec, shard_spec: str | None = None, calibrate: bool = True
     """One row per run: id, name, grid values, trainable %, training tokens, questions, and (with `calibrate`,
     where the base model loads here) an estimated time from a short measurement."""
     runs = shard(expand(study), shard_spec)
-    tokens = _training_tokens(study)
-    questions = _questions(study)
-    speed = _calibrate(study) if calibrate and runs else None
+    notes: list[str] = []
+    tokens = _training_tokens(study, notes)
+    questions = _questions(study, notes)
+    speed = _calibrate(study, notes) if calibrate and runs else None
     rows = []
     for run in runs:
         counts = trainable_percent(study, run)
@@ -53,6 +54,8 @@ def plan(study: StudySpec, shard_spec: str | None = None, calibrate: bool = True
             row["estimated_seconds"] = round(train_tokens / speed["train_tokens_per_s"]
                                              + questions * speed["seconds_per_question"])
         rows.append(row)
+    for note in notes:
+        print(f"[study plan] {note}", flush=True)
     return rows
 
 
@@ -61,7 +64,7 @@ def _placement(run: Run) -> str:
     return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
-def _training_tokens(study: StudySpec) -> dict[str, float] | None:
+def _training_tokens(study: StudySpec, notes: list[str]) -> dict[str, float] | None:
     """Real tokens of one pass over the training data (prompt + response + EOS, cut at cutoff_len)."""
     from llm_adapters.models import load_tokenizer
     from llm_adapters.train.batches import encode_records, split_records
@@ -70,7 +73,8 @@ def _training_tokens(study: StudySpec) -> dict[str, float] | None:
     try:
         records = _records(study)
         tokenizer = load_tokenizer(study.base_model)
-    except Exception:  # no data or tokenizer here (a 7B spec on a laptop): the plan shows no token count
+    except Exception as error:  # no data or tokenizer here (a 7B spec on a laptop): the plan says so
+        notes.append(f"training tokens unknown: {type(error).__name__}: {str(error).splitlines()[0]}")
         return None
     defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
     settings = {**defaults, **study.finetune}
@@ -91,18 +95,19 @@ def _records(study: StudySpec) -> list[dict[str, Any]]:
     return read_records(study.data_path(), ("instruction", "output"))
 
 
-def _questions(study: StudySpec) -> int | None:
+def _questions(study: StudySpec, notes: list[str]) -> int | None:
     from llm_adapters.eval import EvalConfig, prepare_tasks
 
     config = configs.build(EvalConfig, study.evaluate, label="study evaluate")
     try:
         prepared = prepare_tasks(dataclasses.replace(config, skip_missing=True))
-    except Exception:  # no benchmark files here: the plan shows no question count
+    except Exception as error:  # no benchmark files here: the plan says so
+        notes.append(f"questions unknown: {type(error).__name__}: {str(error).splitlines()[0]}")
         return None
     return sum(min(len(d.records), config.limit or len(d.records)) for d in prepared.data)
 
 
-def _calibrate(study: StudySpec) -> dict[str, float] | None:
+def _calibrate(study: StudySpec, notes: list[str]) -> dict[str, float] | None:
     """A short measurement on this machine: training tokens/s of one LoRA step, seconds per question of one
     batch of generation. An estimate: methods, prompt lengths and answers differ."""
     import torch
@@ -114,10 +119,11 @@ def _calibrate(study: StudySpec) -> dict[str, float] | None:
 
     try:
         model, tokenizer = load_model(study.base_model)
-    except Exception:  # a model that cannot load here: no time estimate
+    except Exception as error:  # a model that cannot load here: no time estimate
+        notes.append(f"no time estimate: the base model does not load here ({type(error).__name__})")
         return None
     text = "Below is an instruction. " * 8
-    batch = tokenizer([text] * 4, return_tensors="pt").to(next(model.parameters()).device)
+    batch = tokenizer([text] * 4, return_tensors="pt").to(next(model.parameters()).device)  # a micro-batch
     peft_model = attach(model, {"method": "lora", "r": 8})
     peft_model.train()
     start = time.perf_counter()
@@ -127,9 +133,9 @@ def _calibrate(study: StudySpec) -> dict[str, float] | None:
     budget = int(study.evaluate.get("max_new_tokens") or 64)
     start = time.perf_counter()
     with torch.no_grad():
-        generate_batch(peft_model, tokenizer, [text] * 4, TASKS["gsm8k"], DecodeConfig(max_new_tokens=8,
-                                                                                       stop_rules=False))
-    per_token = (time.perf_counter() - start) / (4 * 8)
+        generate_batch(peft_model, tokenizer, [text] * 16, TASKS["gsm8k"], DecodeConfig(max_new_tokens=8,
+                                                                                        stop_rules=False))
+    per_token = (time.perf_counter() - start) / (16 * 8)
     # Half the budget on average: the stop rule ends most answers early.
     return {"train_tokens_per_s": train_tps, "seconds_per_question": per_token * budget / 2}
 
@@ -207,9 +213,9 @@ def execute(study: StudySpec, run: Run, out: Path, data: Path, progress: bool = 
     store.record_event(out, "started", run)
     _reset_peak_memory()
     try:
-        config = configs.build(FinetuneConfig, {**run.finetune, "data": str(data), "output_dir": str(folder / "adapter"),
-                                                "base_model": study.base_model, "adapter": run.spec.to_dict(),
-                                                "progress": progress}, label=f"run {run.name}")
+        config = configs.build(FinetuneConfig, {
+            **run.finetune, "data": str(data), "output_dir": str(folder / "adapter"), "base_model": study.base_model,
+            "adapter": run.spec.to_dict(), "progress": progress}, label=f"run {run.name}")
         adapter = finetune(config)
         manifest = json.loads((adapter / "manifest.json").read_text(encoding="utf-8"))
         loss = manifest["training"]["mean_loss"]

@@ -15,9 +15,10 @@
     in_distribution: [gsm8k]           # optional: the tasks that are in-distribution (RQ3 plots)
 
 A run's adapter spec is `adapter`, then the method's `overrides`, then the grid's spec values; its fine-tuning
-settings are `finetune`, then the grid's finetune values. Its id hashes what decides its results: the fine-tuning
-settings, the data by content, the base model, the spec's fields the method uses (placement resolved), and the
-evaluation settings. Two grid points that resolve to the same run are one run.
+settings are `finetune`, then the grid's finetune values. Its id hashes what decides its results within the
+study: the fine-tuning settings, the base model, the spec's fields the method uses (placement resolved), and the
+evaluation settings; the training data, the same for every run, is checked by content when a study folder is
+opened (`StudySpec.fixed`). Two grid points that resolve to the same run are one run.
 """
 from __future__ import annotations
 
@@ -222,7 +223,6 @@ def expand(study: StudySpec) -> list[Run]:
     from llm_adapters.train.config import FinetuneConfig
 
     spec_fields = {f.name for f in dataclasses.fields(AdapterSpec)}
-    fixed = study.fixed()
     evaluate = configs.build(EvalConfig, study.evaluate, label="study evaluate").to_dict()
     eval_identity = {k: evaluate[k] for k in ("tasks", "limit", "template", "protocol", "scoring", "rules",
                                               "max_new_tokens")}
@@ -250,8 +250,10 @@ def expand(study: StudySpec) -> list[Run]:
                 continue
             settings = config.identity()
             settings.pop("adapter")  # as `_spec_identity`: only the fields the method uses
+            # The data is not in the id: it is the same for every run of a study, and a study folder refuses
+            # other data by content (`fixed`), so a spec whose data file is not here yet still plans.
             identity = {"finetune": settings, "adapter": _spec_identity(spec), "evaluate": eval_identity,
-                        "data": fixed["data"], "base_model": study.base_model}
+                        "base_model": study.base_model}
             text = json.dumps(identity, sort_keys=True, default=str)
             run_id = hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
             runs.setdefault(run_id, Run(run_id, name, values, spec, finetune, dict(study.evaluate)))
