@@ -1,7 +1,7 @@
 """llm-adapters: the LLM-Adapters family of adapters on any Hugging Face causal LM, PEFT-native.
 
 The public API: `load_model`, `attach`, `load_adapter`, `count_parameters`, `finetune` (with `load_config`),
-`evaluate` (with `EvalConfig`). Importing the package registers the bottleneck (Series/Parallel) method with PEFT,
+`evaluate` (with `EvalConfig`), `run_study` (with `load_study`). Importing the package registers the bottleneck (Series/Parallel) method with PEFT,
 so that `PeftModel.from_pretrained` can load such adapters in any process that ran `import llm_adapters`.
 
 Example:
@@ -29,8 +29,9 @@ from .eval import EvalConfig, evaluate  # noqa: E402
 from .methods import (METHODS, PRESETS, AdapterSpec, attach, build_peft_config, count_parameters,  # noqa: E402
                       load_adapter, make_spec, save_adapter)
 from .models import load_model  # noqa: E402
+from .study import load_study, run_study  # noqa: E402
 from .train import FinetuneConfig, finetune, load_config  # noqa: E402
 
 __all__ = ["METHODS", "PRESETS", "AdapterSpec", "EvalConfig", "FinetuneConfig", "attach", "build_peft_config",
-           "count_parameters", "evaluate", "finetune", "load_adapter", "load_config", "load_model", "make_spec",
-           "save_adapter"]
+           "count_parameters", "evaluate", "finetune", "load_adapter", "load_config", "load_model", "load_study",
+           "make_spec", "run_study", "save_adapter"]
