@@ -162,7 +162,7 @@ def test_plain_peft_get_peft_model_accepts_the_registered_config():
 
 @pytest.mark.parametrize("field,value,message", [
     ("bottleneck_size", 0, "bottleneck_size must be a positive integer, got 0"),
-    ("non_linearity", "tanhh", "non_linearity 'tanhh' is unknown"),
+    ("non_linearity", "tanhh", "unknown activation 'tanhh'; accepted"),
     ("scaling", "big", "scaling must be a number or 'learned', got 'big'"),
     ("adapter_dropout", 1.5, "adapter_dropout must be in [0, 1), got 1.5"),
 ])

@@ -18,11 +18,11 @@ from typing import Any, Callable, Iterator
 
 from peft import (IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig,
                   TaskType)
-from transformers.activations import ACT2FN
 
 from llm_adapters.errors import UserError
 
 from .bottleneck import BottleneckConfig
+from .bottleneck.config import check_values
 
 # "AdapterSpec" in the annotations below is spec.py's (not imported here: spec.py imports this registry).
 Roles = dict[str, list[str]]  # role (qkv, attn_out, mlp_up, mlp_down, explicit) -> module names
@@ -89,18 +89,8 @@ def _lora_problems(spec: AdapterSpec) -> Iterator[str]:
 
 
 def _bottleneck_problems(spec: AdapterSpec) -> Iterator[str]:
-    if not _positive_int(spec.bottleneck_size):
-        yield f"bottleneck_size must be a positive integer, got {spec.bottleneck_size!r}"
-    if spec.non_linearity not in ACT2FN:
-        yield f"unknown activation {spec.non_linearity!r}; accepted: {', '.join(sorted(ACT2FN))}"
-    if not isinstance(spec.adapter_dropout, (int, float)) or not 0 <= spec.adapter_dropout < 1:
-        yield f"adapter_dropout must be in [0, 1), got {spec.adapter_dropout!r}"
-    if spec.scaling != "learned" and (isinstance(spec.scaling, bool) or not isinstance(spec.scaling, (int, float))):
-        yield f"scaling must be a number or 'learned', got {spec.scaling!r}"
-    if spec.init not in ("zeros", "paper"):
-        yield f"init must be zeros or paper, got {spec.init!r}"
-    if spec.series_side not in ("output", "input"):
-        yield f"series_side must be output or input, got {spec.series_side!r}"
+    return check_values(spec.bottleneck_size, spec.non_linearity, spec.adapter_dropout, spec.scaling, spec.init,
+                        spec.series_side)
 
 
 def _virtual_token_problems(spec: AdapterSpec) -> Iterator[str]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Union
 
 from peft.config import PeftConfig
 from transformers.activations import ACT2FN
@@ -57,7 +57,8 @@ class BottleneckConfig(PeftConfig):
         from . import PEFT_TYPE  # registered on import of the package
 
         self.peft_type = PEFT_TYPE
-        self.target_modules = set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
         problems = list(_validate(self))
         if problems:
             raise UserError("bad bottleneck config: " + "; ".join(problems))
@@ -66,15 +67,23 @@ class BottleneckConfig(PeftConfig):
 def _validate(config: BottleneckConfig):
     if config.variant not in VARIANTS:
         yield f"variant {config.variant!r} is not one of {', '.join(VARIANTS)}"
-    if config.side not in SIDES:
-        yield f"side {config.side!r} is not one of {', '.join(SIDES)}"
-    if isinstance(config.bottleneck_size, bool) or not isinstance(config.bottleneck_size, int) or config.bottleneck_size <= 0:
-        yield f"bottleneck_size must be a positive integer, got {config.bottleneck_size!r}"
-    if config.non_linearity not in ACT2FN:
-        yield f"non_linearity {config.non_linearity!r} is unknown; accepted: {', '.join(sorted(ACT2FN))}"
-    if not isinstance(config.adapter_dropout, (int, float)) or not 0 <= config.adapter_dropout < 1:
-        yield f"adapter_dropout must be in [0, 1), got {config.adapter_dropout!r}"
-    if config.scaling != "learned" and (isinstance(config.scaling, bool) or not isinstance(config.scaling, (int, float))):
-        yield f"scaling must be a number or 'learned', got {config.scaling!r}"
-    if config.init not in INITS:
-        yield f"init {config.init!r} is not one of {', '.join(INITS)}"
+    yield from check_values(config.bottleneck_size, config.non_linearity, config.adapter_dropout, config.scaling,
+                            config.init, config.side)
+
+
+def check_values(bottleneck_size: Any, non_linearity: Any, adapter_dropout: Any, scaling: Any, init: Any,
+                 side: Any) -> Iterator[str]:
+    """One message per bad value (the adapter spec reports these too, before any config is built)."""
+    if isinstance(bottleneck_size, bool) or not isinstance(bottleneck_size, int) or bottleneck_size <= 0:
+        yield f"bottleneck_size must be a positive integer, got {bottleneck_size!r}"
+    if non_linearity not in ACT2FN:
+        yield f"unknown activation {non_linearity!r}; accepted: {', '.join(sorted(ACT2FN))}"
+    if isinstance(adapter_dropout, bool) or not isinstance(adapter_dropout, (int, float)) \
+            or not 0 <= adapter_dropout < 1:
+        yield f"adapter_dropout must be in [0, 1), got {adapter_dropout!r}"
+    if scaling != "learned" and (isinstance(scaling, bool) or not isinstance(scaling, (int, float))):
+        yield f"scaling must be a number or 'learned', got {scaling!r}"
+    if init not in INITS:
+        yield f"init must be {' or '.join(INITS)}, got {init!r}"
+    if side not in SIDES:
+        yield f"series_side must be {' or '.join(SIDES)}, got {side!r}"
