@@ -42,7 +42,7 @@ def test_load_model_places_on_the_device_in_the_dtype_asked_for():
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32  # auto on a CPU: fp32
-    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.mark.parametrize("device, dtype, message", [

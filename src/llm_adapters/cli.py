@@ -175,13 +175,46 @@ def _add_finetune_command(subparsers: argparse._SubParsersAction) -> None:
         description="YAML keys and flags are the same settings; flags override the YAML. Example: "
                     "llm-adapters finetune --config configs/demo.yaml --output-dir runs/demo")
     parser.add_argument("--config", help="YAML file of settings (keys = the flags below, with underscores)")
+    _add_nproc_flag(parser)
     configs.add_flags(parser, FinetuneConfig)
     parser.set_defaults(func=_run_finetune)
+
+
+def _add_nproc_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                        help="run as N processes on this machine (torch.distributed.run --standalone; one per GPU, "
+                             "or gloo on the CPU); under torchrun or accelerate launch, leave it out")
+
+
+def _launched(args: argparse.Namespace) -> int | None:
+    """Start this very command as `--nproc-per-node` processes (what `tune run` does for torchrun), or None to go
+    on in this process."""
+    import os
+    import subprocess
+
+    from llm_adapters import dist
+
+    if args.nproc_per_node <= 1 or dist.world_size() > 1:
+        return None
+    argv, skip = [], False
+    for item in args.argv:
+        if skip:
+            skip = False
+        elif item == "--nproc-per-node":
+            skip = True
+        elif not item.startswith("--nproc-per-node="):
+            argv.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={args.nproc_per_node}", "-m", "llm_adapters", *argv]
+    return subprocess.call(command, env=os.environ.copy())
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
     from llm_adapters.train import FinetuneConfig, finetune
 
+    code = _launched(args)
+    if code is not None:
+        return code
     finetune(configs.load(FinetuneConfig, args.config, label="finetune config", **configs.given(args, FinetuneConfig)))
     return 0
 
@@ -194,15 +227,20 @@ def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
         description="Example: llm-adapters evaluate --base-model smollm2-135m --adapter runs/demo --tasks math "
                     "--limit 50. Re-run the same command after an interruption: it continues where it stopped.")
     parser.add_argument("--config", help="YAML file of settings (keys = the flags below, with underscores)")
+    _add_nproc_flag(parser)
     configs.add_flags(parser, EvalConfig)
     parser.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from llm_adapters import dist
     from llm_adapters.eval import EvalConfig, evaluate, prepare_tasks
     from llm_adapters.methods import load_adapter
     from llm_adapters.models import load_model
 
+    code = _launched(args)
+    if code is not None:
+        return code
     config = configs.load(EvalConfig, args.config, label="evaluate settings", **configs.given(args, EvalConfig))
     if not config.base_model:
         raise UserError("evaluate needs --base-model (a built-in name, a local folder or a hub id)")
@@ -213,8 +251,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         model = load_adapter(model, config.adapter, base_model=config.base_model,
                              allow_base_mismatch=config.allow_base_mismatch)
     result = evaluate(model, tokenizer, config, prepared=prepared)
-    print(result["table"], end="")
-    print(f"results in {result['output_dir']}/ (results.md, <task>/summary.json, <task>/predictions.jsonl)")
+    if dist.is_main():
+        print(result["table"], end="")
+        print(f"results in {result['output_dir']}/ (results.md, <task>/summary.json, <task>/predictions.jsonl)")
     return 0
 
 
@@ -351,7 +390,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except UserError as error:

@@ -143,15 +143,16 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` -> CUDA if present, else CPU; `cpu`, `cuda`, `cuda:N` are checked against this machine.
+    """`auto` -> CUDA if present (cuda:LOCAL_RANK under a launcher), else CPU; `cpu`, `cuda`, `cuda:N` are
+    checked against this machine.
 
     Raises:
         UserError: a CUDA device this machine does not have, or an unknown device name.
     """
     if isinstance(device, torch.device):
         device = str(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "auto":  # under torchrun, each process its own GPU
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:

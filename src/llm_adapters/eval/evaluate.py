@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_adapters import rundir
+from llm_adapters import dist, rundir
 from llm_adapters.data.io import TaskData, download_hint, load_task_data, resolve_data_dir
 from llm_adapters.data.tasks import TASKS, Task, resolve_tasks
 from llm_adapters.data.templates import build_prompt, choice_response
@@ -174,32 +174,59 @@ def _evaluate_task(model: Any, tokenizer: Any, task_data: TaskData, output_dir: 
     may_change = {"batch_size": settings.decode.batch_size, "limit": config.limit}
     plan = rundir.plan(folder, identity, overwrite="different" if config.overwrite else False,
                        may_change=may_change, what="task folder", flag="--output-dir")
-    rundir.begin(folder, plan, identity, may_change, record={"data": str(task_data.path)})
-    n = min(len(records), config.limit) if config.limit is not None else len(records)
+    dist.barrier()  # every process has read the folder before the main one changes it
     log = PredictionLog(folder / "predictions.jsonl")
+    if dist.is_main():
+        rundir.begin(folder, plan, identity, may_change, record={"data": str(task_data.path)})
+        _merge_parts(log)  # a killed multi-process run's shares, whatever the number of processes now
+    dist.barrier()
+    n = min(len(records), config.limit) if config.limit is not None else len(records)
     done = log.load()  # every record ever paid for, also those past a smaller limit: none is deleted
-    pending = [i for i in range(n) if i not in done]
+    # Under several processes each answers its share of the pending questions into its own file.
+    todo = [i for i in range(n) if i not in done]
+    pending = dist.share(todo)
+    mine = log if dist.world_size() == 1 else PredictionLog(folder / f"predictions.rank{dist.rank()}.jsonl")
     prompts = {i: build_prompt(records[i]["instruction"], records[i].get("input", ""), template=settings.template,
                                tokenizer=tokenizer) for i in pending}
     lengths = prompt_lengths(tokenizer, [prompts[i] for i in pending], settings.template)
-    with tqdm(total=n, initial=n - len(pending), desc=task.name, unit="ex", disable=not config.progress) as bar:
+    with tqdm(total=n, initial=n - len(todo), desc=task.name, unit="ex",
+              disable=not config.progress or not dist.is_main()) as bar:
         for batch in plan_batches(lengths, settings.decode.batch_size):
             indices = [pending[k] for k in batch]
             results = _score_batch(model, tokenizer, task, records, indices, prompts, settings)
-            log.append(results)
+            mine.append(results)
             done.update((r["index"], r) for r in results)
-            bar.update(len(results))
-    log.rewrite_sorted(done)
+            bar.update(len(results) * dist.world_size())
+    dist.barrier()
+    if not dist.is_main():
+        dist.barrier()  # the main process merges and writes the summary
+        return json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    done = _merge_parts(log)
     reported = [done[i] for i in range(n)]
     summary = _summary(task_data, reported, settings, model_record, training_cutoff)
     if training_cutoff is not None:
         all_lengths = prompt_lengths(tokenizer, [r["prompt"] for r in reported], settings.template)
         summary["prompts_over_adapter_cutoff"] = sum(length >= training_cutoff for length in all_lengths)
     write_json_atomic(folder / "summary.json", summary)
+    dist.barrier()
     if not config.progress:  # one line per task instead of the bar, for logs
         print(f"{task.name}: {summary['n']} examples, {summary['metric']} accuracy {100 * summary['accuracy']:.1f} %, "
               f"{summary['seconds']:.1f} s", flush=True)
     return summary
+
+
+def _merge_parts(log: PredictionLog) -> dict[int, dict[str, Any]]:
+    """Fold the per-process files (`predictions.rank<r>.jsonl`) into the task's predictions file, in index order,
+    and remove them: the folder then looks as if one process had answered everything."""
+    parts = sorted(log.path.parent.glob("predictions.rank*.jsonl"))
+    done = log.load()
+    for part in parts:
+        for index, record in PredictionLog(part).load().items():
+            done.setdefault(index, record)
+    log.rewrite_sorted(done)
+    for part in parts:
+        part.unlink()
+    return done
 
 
 # ------------------------------------------------------------------------------------------------ the folder
@@ -277,7 +304,7 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepar
     prepared = prepared or prepare_tasks(config, tasks)
     trained = _adapter_training(config)
     template = config.template or trained.get("template", "original")
-    if config.template is None and "template" in trained:
+    if config.template is None and "template" in trained and dist.is_main():
         print(f"[evaluate] template {template}: the one the adapter was trained with ({config.adapter}/manifest.json);"
               " --template overrides it", flush=True)
     decode = DecodeConfig.for_protocol(config.protocol, config.batch_size, config.max_new_tokens, config.rules)
@@ -290,7 +317,10 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepar
     output_dir = Path(config.output_dir) if config.output_dir else config.default_output_dir()
     plan = rundir.plan(output_dir, identity, overwrite="different" if config.overwrite else False,
                        what="--output-dir")
-    rundir.begin(output_dir, plan, identity, record={"base_model": base_name, "adapter": config.adapter})
+    dist.barrier()
+    if dist.is_main():
+        rundir.begin(output_dir, plan, identity, record={"base_model": base_name, "adapter": config.adapter})
+    dist.barrier()
     parameter = next(model.parameters())
     model_record = {"model": base_name, "adapter": config.adapter, "model_identity": identity,
                     "provenance": provenance(device=str(parameter.device), dtype=dtype_name(parameter.dtype))}
@@ -298,7 +328,8 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepar
     summaries = {d.task.name: _evaluate_task(model, tokenizer, d, output_dir, settings, model_record,
                                              trained.get("cutoff_len")) for d in prepared.data}
     table = results_table(output_dir, prepared.skipped)
-    write_text_atomic(output_dir / "results.md", table)
+    if dist.is_main():
+        write_text_atomic(output_dir / "results.md", table)
     return {"tasks": summaries, "skipped": prepared.skipped, "table": table, "output_dir": str(output_dir)}
 
 

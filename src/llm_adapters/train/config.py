@@ -23,7 +23,7 @@ REPORT_TO = ("none", "tensorboard", "wandb")
 # Settings that may change between a killed run and its resumption (the new value wins): they change how the run
 # is watched, not what it computes. Every other setting is part of the run's identity (rundir.py).
 RESUME_MAY_CHANGE = ("overwrite", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints", "progress",
-                     "report_to")
+                     "report_to", "deepspeed")
 # Inputs named by path in the config but identified by content: data by its sha256, the base model by
 # models.base_identity; output_dir is where the run lives, not what it is.
 IDENTIFIED_BY_CONTENT = ("data", "base_model", "output_dir")
@@ -87,6 +87,9 @@ class FinetuneConfig:
     save_steps: int = field(default=80, metadata={"help": "checkpoint every N steps (resume point after a kill)"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept while training"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints/ after the run finishes"})
+    deepspeed: str | None = field(default=None, metadata={
+        "help": "a DeepSpeed config (JSON, e.g. configs/launch/deepspeed-zero2.json) for the Trainer; launch with "
+                "torchrun or deepspeed"})
     progress: bool = field(default=True, metadata={"help": "a progress bar with rate and ETA (--no-progress: plain "
                                                            "loss lines, for logs)"})
     report_to: str = field(default="none", metadata={"help": f"also log to: {', '.join(REPORT_TO)} (the Trainer's "

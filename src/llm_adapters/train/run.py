@@ -16,6 +16,7 @@ manifest that makes the run traceable.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -25,7 +26,7 @@ from typing import Any
 
 from transformers import set_seed
 
-from llm_adapters import rundir
+from llm_adapters import dist, rundir
 from llm_adapters.data.io import read_records
 from llm_adapters.errors import UserError
 from llm_adapters.files import sha256_path, write_json_atomic, write_jsonl_atomic
@@ -101,28 +102,31 @@ class FinetuneRun:
                     "base_model": base_identity(config.base_model)}
         plan = rundir.plan(out, identity, finished=MANIFEST, overwrite=config.overwrite,
                            may_change=config.may_change())
+        dist.barrier()  # every process has read the folder before the main one changes it
         run = cls(config, out, plan, identity, data, precision, started)
         if plan.action == "done":
             _say(f"{out} already holds this run, finished (same settings, data and base model): nothing to do; "
                  "pass --overwrite to train it again")
             return run
-        run.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        _check_sharding(config)
+        run.world_size = dist.world_size()
         if config.batch_size % (config.micro_batch_size * run.world_size):
             raise UserError(f"batch_size {config.batch_size} is not a multiple of micro_batch_size x devices "
                             f"({config.micro_batch_size} x {run.world_size})")
         run.accumulation = config.batch_size // (config.micro_batch_size * run.world_size)
         run._attach(records)
-        rundir.begin(out, plan, identity, config.may_change(), record={"data": config.data,
-                                                                       "base_model": config.base_model})
-        if plan.action == "replace":
-            _say(f"--overwrite: replaced the previous content of {out}")
-        method = config.spec.method_record
-        if method.rewrites_base and not (out / INITIAL_ADAPTER).exists():
-            # PiSSA/OLoRA: the saved adapter will be the difference to this initial state (methods.save_adapter).
-            save_adapter(run.peft_model, out / INITIAL_ADAPTER)
         run.checkpoint = latest_checkpoint(out / CHECKPOINTS) if plan.action == "resume" else None
-        if plan.action == "resume" and run.checkpoint is None:
-            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # killed before its first complete checkpoint
+        if dist.is_main():  # only the main process writes; the others wait below
+            rundir.begin(out, plan, identity, config.may_change(), record={"data": config.data,
+                                                                           "base_model": config.base_model})
+            if plan.action == "replace":
+                _say(f"--overwrite: replaced the previous content of {out}")
+            if config.spec.method_record.rewrites_base and not (out / INITIAL_ADAPTER).exists():
+                # PiSSA/OLoRA: the saved adapter will be the difference to this initial state (save_adapter).
+                save_adapter(run.peft_model, out / INITIAL_ADAPTER)
+            if plan.action == "resume" and run.checkpoint is None:
+                shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # killed before its first complete checkpoint
+        dist.barrier()
         return run
 
     def _attach(self, records: list[dict[str, Any]]) -> None:
@@ -188,6 +192,11 @@ class FinetuneRun:
     # ------------------------------------------------------------------------------------------------- save
 
     def save(self) -> None:
+        if dist.is_main():
+            self._write()
+        dist.barrier()  # the run folder is complete when any process returns
+
+    def _write(self) -> None:
         out, config, state = self.out, self.config, self.trainer.state
         initial = out / INITIAL_ADAPTER if config.spec.method_record.rewrites_base else None
         save_adapter(self.peft_model, out, initial=initial)
@@ -222,5 +231,29 @@ class FinetuneRun:
         _say(f"done: {out} (last training loss {loss['last']:.4f}, mean over the run {loss['mean']:.4f})")
 
 
+def _check_sharding(config: FinetuneConfig) -> None:
+    """Methods that cannot train with sharded weights (FSDP, DeepSpeed ZeRO-3) are refused before anything loads:
+    prompt learning keeps its virtual-token encoder outside the wrapped blocks, and GPT-2's Conv1D layers are not
+    the Linear layers the adapters' sharding rules expect."""
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+    zero3 = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    if config.deepspeed:
+        try:
+            settings = json.loads(Path(config.deepspeed).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise UserError(f"deepspeed: cannot read {config.deepspeed} ({error})") from error
+        zero3 = zero3 or settings.get("zero_optimization", {}).get("stage") == 3
+    if not (fsdp or zero3):
+        return
+    engine = "FSDP" if fsdp else "DeepSpeed ZeRO-3"
+    method = config.spec.method_record
+    if method.acts_on_input:
+        raise UserError(f"method {method.name!r} cannot train under {engine} (its virtual-token encoder is not "
+                        "sharded with the model); use DDP (torchrun) or DeepSpeed ZeRO-2")
+    if config.base_model in ("tiny-gpt2", "gpt2") or "gpt2" in config.base_model.lower():
+        raise UserError(f"{engine} with GPT-2's Conv1D layers is not supported here; use DDP (torchrun)")
+
+
 def _say(message: str) -> None:
-    print(f"[finetune] {message}", flush=True)
+    if dist.is_main():
+        print(f"[finetune] {message}", flush=True)

@@ -170,9 +170,11 @@ def training_arguments(config: FinetuneConfig, checkpoints: Path, accumulation: 
         remove_unused_columns=False,  # our examples carry exactly what the collator needs
         label_names=["labels"],
         report_to=config.report_to,
+        deepspeed=config.deepspeed,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # on the CPU, torchrun's processes then train as one (gloo DDP)
         disable_tqdm=True,  # LossReport draws the bar
     )
 

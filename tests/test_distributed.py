@@ -1,0 +1,99 @@
+"""Several processes on the CPU (gloo), tiny models: DDP training equals one process with the same global batch,
+the run folder is written once; a sharded evaluation equals a single-process one, and a killed one finishes with
+any number of processes, without duplicates."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llm_adapters.cli import main
+from shared_data import LLM_ADAPTERS_DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+RECORDS = [{"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}. The answer is {a + b}."}
+           for a, b in [(1, 2), (13, 4), (7, 25), (100, 1), (3, 3), (42, 8), (9, 90), (11, 12), (5, 60), (8, 8),
+                        (2, 2), (6, 7)]]
+TRAIN = ["--base-model", "tiny-llama", "--adapter", "{method: lora, r: 4, dropout: 0.0}", "--batch-size", "4",
+         "--max-steps", "3", "--batching", "padded", "--warmup-steps", "0", "--learning-rate", "1e-2",
+         "--template", "alpaca", "--no-progress", "--logging-steps", "1", "--save-steps", "2"]
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llm_adapters", *args], env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_two_processes_train_the_adapter_one_process_trains_with_the_same_global_batch(tmp_path):
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(RECORDS))
+    two = _cli("finetune", *TRAIN, "--data", str(data), "--micro-batch-size", "2", "--output-dir", str(tmp_path / "two"),
+               "--nproc-per-node", "2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert main(["finetune", *TRAIN, "--data", str(data), "--micro-batch-size", "4",
+                 "--output-dir", str(tmp_path / "one")]) == 0
+    a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("one", "two"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["training"]["devices"] == 2 and manifest["training"]["accumulation"] == 1
+    steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "loss_log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3]  # written once, not once per process
+    assert two.stdout.count("[finetune] done:") == 1  # printed once
+    assert not list((tmp_path / "two").glob(".*.tmp*"))
+
+
+def test_global_batch_that_the_processes_cannot_share_is_an_error_naming_the_numbers(tmp_path):
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(RECORDS))
+    result = _cli("finetune", *TRAIN, "--data", str(data), "--batch-size", "6", "--micro-batch-size", "2",
+                  "--output-dir", str(tmp_path / "o"), "--nproc-per-node", "2")
+    assert result.returncode != 0
+    assert "batch_size 6 is not a multiple of micro_batch_size x devices (2 x 2)" in result.stderr
+
+
+EVAL = ["evaluate", "--base-model", "tiny-llama", "--tasks", "gsm8k,boolq", "--limit", "9", "--max-new-tokens", "24",
+        "--batch-size", "1", "--data-dir", str(LLM_ADAPTERS_DATA), "--no-progress"]
+
+
+def _records(folder: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (folder / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.shared_data
+def test_sharded_evaluation_equals_one_process_and_a_killed_one_finishes_with_another_count(tmp_path):
+    single = tmp_path / "single"
+    assert main([*EVAL, "--output-dir", str(single)]) == 0
+    two = _cli(*EVAL, "--output-dir", str(tmp_path / "two"), "--nproc-per-node", "2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    for task in ("gsm8k", "boolq"):
+        assert _records(tmp_path / "two" / task) == _records(single / task)
+        assert not list((tmp_path / "two" / task).glob("predictions.rank*"))
+    assert two.stdout.count("results in") == 1
+    # Killed while two processes answer gsm8k, then finished by one process.
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "llm_adapters", *EVAL, "--output-dir", str(killed),
+                                "--nproc-per-node", "2"], env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not any(p.read_text().count("\n") >= 1 for p in (killed / "gsm8k").glob("predictions.rank*.jsonl")):
+        assert time.time() < deadline and process.poll() is None, "no answer written within 2 minutes"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "gsm8k" / "summary.json").exists(), "killed mid-task"
+    assert main([*EVAL, "--output-dir", str(killed)]) == 0
+    for task in ("gsm8k", "boolq"):
+        assert _records(killed / task) == _records(single / task)  # no duplicate, none missing
+        assert not list((killed / task).glob("predictions.rank*"))
