@@ -246,3 +246,21 @@ def test_study_preset_validates_and_plans(path, monkeypatch):
     assert runs and len({r.id for r in runs}) == len(runs)
     rows = plan(study, calibrate=False)
     assert all(0 < row["percent"] < 100 for row in rows)
+
+
+def test_study_run_on_a_local_ray_instance_gives_the_local_results(tmp_path):
+    import ray
+
+    spec = _spec(grid={"method": ["lora"], "placement": ["attn", "mlp"], "seed": [1]}, exclude=[],
+                 resources={"cpus": 1})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert run_study(build_study(spec), tmp_path / "ray", executor="ray", progress=False)["done"] == 2
+    finally:
+        ray.shutdown()
+    run_study(build_study(spec), tmp_path / "local", progress=False)
+    on_ray, here = ({(r["name"], r["task"]): r["accuracy"] for r in reports.records(store.results(tmp_path / d))}
+                    for d in ("ray", "local"))
+    assert on_ray == here and len(here) == 4
+    events = [e["event"] for e in store.read_index(tmp_path / "ray")]
+    assert events.count("done") == 2 and events.count("started") == 2

@@ -439,3 +439,23 @@ def test_cli_finetune_prints_one_line_errors(tmp_path, data_file, capsys):
 
     code = main(["finetune", "--data", str(data_file), "--output-dir", str(tmp_path / "o"), "--precision", "fp8"])
     assert code == 2 and "precision 'fp8' is not one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("adapter, where, message", [
+    ("prefix", {"ACCELERATE_USE_FSDP": "true"}, "method 'prefix' cannot train under FSDP"),
+    ("pissa", {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "method 'pissa' decomposes whole base weights"),
+])
+def test_finetune_methods_that_cannot_shard_are_refused_before_the_model_loads(tmp_path, data_file, monkeypatch,
+                                                                             adapter, where, message):
+    import llm_adapters.train.run as run
+
+    for key, value in where.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(run, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
+    with pytest.raises(ValueError, match=message):
+        finetune(_run(tmp_path, data_file, adapter=adapter))
+    zero3 = tmp_path / "zero3.json"
+    zero3.write_text('{"zero_optimization": {"stage": 3}}')
+    monkeypatch.delenv(next(iter(where)))
+    with pytest.raises(ValueError, match=message.replace("FSDP", "DeepSpeed ZeRO-3")):
+        finetune(_run(tmp_path, data_file, adapter=adapter, deepspeed=str(zero3)))

@@ -276,6 +276,9 @@ def _add_study_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--shard", help="only shard i/n of the runs (1-based)")
     run.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
     run.add_argument("--no-progress", action="store_true", help="no progress bars inside the runs")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local: one run after the other here; ray: each run a Ray task (resources from the spec)")
+    run.add_argument("--ray-address", help="a Ray cluster to submit to (default: a local Ray instance)")
     run.set_defaults(func=_run_study_run)
     status = sub.add_parser("status", help="done / running / failed / pending runs of a study folder")
     status.add_argument("dir", help="the study folder")
@@ -314,7 +317,7 @@ def _run_study_run(args: argparse.Namespace) -> int:
     from llm_adapters.study import load_study, run_study
 
     counts = run_study(load_study(args.spec), args.out, args.shard, retry_failed=args.retry_failed,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, executor=args.executor, ray_address=args.ray_address)
     return 1 if counts["failed"] else 0
 
 

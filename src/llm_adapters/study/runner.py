@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_adapters import config as configs
+from llm_adapters.errors import UserError
 from llm_adapters.files import write_json_atomic
 from llm_adapters.study import store
 from llm_adapters.study.spec import Run, StudySpec, expand, shard
@@ -142,38 +143,84 @@ def _calibrate(study: StudySpec, notes: list[str]) -> dict[str, float] | None:
 
 # ------------------------------------------------------------------------------------------------ run
 
+EXECUTORS = ("local", "ray")
+
+
 def run_study(study: StudySpec, out: str | Path, shard_spec: str | None = None, retry_failed: bool = False,
-              progress: bool = True) -> dict[str, int]:
+              progress: bool = True, executor: str = "local", ray_address: str | None = None) -> dict[str, int]:
     """Run every pending run of the study (or of one shard) into `out`; finished runs are skipped.
+
+    Args:
+        executor: `local` (one run after the other in this process) or `ray` (each run a Ray task with the
+            spec's `resources`, on a local Ray instance or the cluster at `ray_address`; the tasks write into
+            the same store, which must be on a file system they share).
 
     Returns:
         {"done": ..., "failed": ..., "skipped": ...} for this call.
 
     Raises:
-        UserError: `out` holds another study, or this one with a changed key that enters the run ids.
+        UserError: `out` holds another study, or this one with a changed key that enters the run ids; an
+            unknown executor, or Ray not installed.
     """
+    if executor not in EXECUTORS:
+        raise UserError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
     out = Path(out)
     runs = shard(expand(study), shard_spec)
     store.open_store(out, study)
     data = _training_data(study, out)
     counts = {"done": 0, "failed": 0, "skipped": 0}
-    durations: list[float] = []
+    todo = []
     for number, run in enumerate(runs, start=1):
-        folder = store.run_folder(out, run)
-        state = store.status(folder)
+        state = store.status(store.run_folder(out, run))
         if state == "done" or (state == "failed" and not retry_failed) or state == "running":
             counts["skipped"] += 1
-            continue
-        remaining = sum(1 for r in runs[number - 1:] if store.status(store.run_folder(out, r)) != "done")
-        eta = f", ETA {_duration(remaining * sum(durations) / len(durations))}" if durations else ""
-        print(f"[study] run {number}/{len(runs)} {run.name} ({run.id}){eta}", flush=True)
-        started = time.time()
-        ok = execute(study, run, out, data, progress)
-        durations.append(time.time() - started)
+        else:
+            todo.append((number, run))
+    started, finished = time.time(), 0
+    outcomes = (_local(study, todo, out, data, progress) if executor == "local"
+                else _ray(study, todo, out, data, progress, ray_address))
+    for number, run, ok in outcomes:
+        finished += 1
         counts["done" if ok else "failed"] += 1
+        left = len(todo) - finished
+        eta = f", ETA {_duration(left * (time.time() - started) / finished)}" if left else ""
+        print(f"[study] finished {run.name} ({run.id}), {number}/{len(runs)} of the study: {finished} of "
+              f"{len(todo)} this call{eta}", flush=True)
     print(f"[study] {study.name}: {counts['done']} run(s) done, {counts['failed']} failed, {counts['skipped']} "
           f"skipped (finished before, failed earlier or running elsewhere); results in {out}", flush=True)
     return counts
+
+
+def _local(study: StudySpec, todo: list[tuple[int, Run]], out: Path, data: Path, progress: bool):
+    for number, run in todo:
+        print(f"[study] run {number} {run.name} ({run.id})", flush=True)
+        yield number, run, execute(study, run, out, data, progress)
+
+
+def _ray(study: StudySpec, todo: list[tuple[int, Run]], out: Path, data: Path, progress: bool,
+         address: str | None):
+    """Each run a Ray task (resources from the spec: `resources: {gpus: 1, cpus: 4}`), yielded as they finish."""
+    try:
+        import ray
+    except ImportError as error:
+        raise UserError("--executor ray needs Ray: pip install 'llm-adapters[ray]'") from error
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    resources = {"num_cpus": study.resources.get("cpus", 1), "num_gpus": study.resources.get("gpus", 0)}
+    task = ray.remote(**resources)(_execute_in_worker)
+    pending = {task.remote(study, run, str(out), str(data), progress): (number, run) for number, run in todo}
+    for number, run in todo:
+        print(f"[study] submitted {run.name} ({run.id}) to Ray ({resources})", flush=True)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        number, run = pending.pop(ready[0])
+        yield number, run, ray.get(ready[0])
+
+
+def _execute_in_worker(study: StudySpec, run: Run, out: str, data: str, progress: bool) -> bool:
+    import llm_adapters  # noqa: F401  (registers the bottleneck method in the worker process)
+
+    return execute(study, run, Path(out), Path(data), progress)
 
 
 def _duration(seconds: float) -> str:

@@ -148,6 +148,9 @@ class FinetuneConfig:
                 import bitsandbytes  # noqa: F401
             except ImportError as error:
                 raise UserError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes") from error
+            if self.spec.method_record.rewrites_base:
+                raise UserError(f"method {self.spec.method!r} rewrites the base weights, which {flag} stores "
+                                "quantised; use lora, dora or rslora (QLoRA) on a quantised base")
         if self.batching == "packed" and self.spec.method_record.acts_on_input:
             raise UserError(f"batching packed cannot be used with {self.spec.method}: PEFT's prompt learning "
                             "ignores position_ids, so packed examples would see each other; use batching length")

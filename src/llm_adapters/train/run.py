@@ -192,14 +192,21 @@ class FinetuneRun:
     # ------------------------------------------------------------------------------------------------- save
 
     def save(self) -> None:
+        trainer = self.trainer
+        sharded = trainer.is_fsdp_enabled or (trainer.is_deepspeed_enabled and _zero3(self.config))
+        if sharded:  # every process holds a shard: they gather the adapter together, the main one writes it
+            if trainer.is_fsdp_enabled:
+                trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+            trainer.save_model(str(self.out))
         if dist.is_main():
-            self._write()
+            self._write(adapter_saved=sharded)
         dist.barrier()  # the run folder is complete when any process returns
 
-    def _write(self) -> None:
+    def _write(self, adapter_saved: bool) -> None:
         out, config, state = self.out, self.config, self.trainer.state
         initial = out / INITIAL_ADAPTER if config.spec.method_record.rewrites_base else None
-        save_adapter(self.peft_model, out, initial=initial)
+        if not adapter_saved:
+            save_adapter(self.peft_model, out, initial=initial)
         self.tokenizer.save_pretrained(out)
         write_jsonl_atomic(out / "loss_log.jsonl", state.log_history)
         loss_curve(state.log_history, out / "loss_curve.png")
@@ -233,25 +240,34 @@ class FinetuneRun:
 
 def _check_sharding(config: FinetuneConfig) -> None:
     """Methods that cannot train with sharded weights (FSDP, DeepSpeed ZeRO-3) are refused before anything loads:
-    prompt learning keeps its virtual-token encoder outside the wrapped blocks, and GPT-2's Conv1D layers are not
-    the Linear layers the adapters' sharding rules expect."""
+    prompt learning keeps its virtual-token encoder outside the wrapped blocks, PiSSA/OLoRA decompose whole
+    weights, and GPT-2's Conv1D layers are not the Linear layers the adapters' sharding rules expect."""
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
-    zero3 = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
-    if config.deepspeed:
-        try:
-            settings = json.loads(Path(config.deepspeed).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise UserError(f"deepspeed: cannot read {config.deepspeed} ({error})") from error
-        zero3 = zero3 or settings.get("zero_optimization", {}).get("stage") == 3
-    if not (fsdp or zero3):
+    if not (fsdp or _zero3(config)):
         return
     engine = "FSDP" if fsdp else "DeepSpeed ZeRO-3"
     method = config.spec.method_record
     if method.acts_on_input:
         raise UserError(f"method {method.name!r} cannot train under {engine} (its virtual-token encoder is not "
                         "sharded with the model); use DDP (torchrun) or DeepSpeed ZeRO-2")
+    if method.rewrites_base:
+        raise UserError(f"method {method.name!r} decomposes whole base weights at initialisation, which {engine} "
+                        "holds in shards; use DDP (torchrun) or DeepSpeed ZeRO-2")
     if config.base_model in ("tiny-gpt2", "gpt2") or "gpt2" in config.base_model.lower():
         raise UserError(f"{engine} with GPT-2's Conv1D layers is not supported here; use DDP (torchrun)")
+
+
+def _zero3(config: FinetuneConfig) -> bool:
+    """DeepSpeed ZeRO stage 3, from the config's DeepSpeed file or accelerate's environment."""
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return True
+    if not config.deepspeed:
+        return False
+    try:
+        settings = json.loads(Path(config.deepspeed).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"deepspeed: cannot read {config.deepspeed} ({error})") from error
+    return settings.get("zero_optimization", {}).get("stage") == 3
 
 
 def _say(message: str) -> None:

@@ -126,6 +126,11 @@ def make_trainer(config: FinetuneConfig, peft_model: torch.nn.Module, tokenizer:
         train_dataset=train_set, eval_dataset=val_set or None, data_collator=collator,
         sampler=sampler, sparse_logits=sparse_logits, share_prefix=share_prefix,
     )
+    if getattr(trainer.accelerator.state, "fsdp_plugin", None) is not None:
+        from peft.utils.other import fsdp_auto_wrap_policy
+
+        # PEFT's rule (its FSDP guide): frozen and trainable weights in separate FSDP units.
+        trainer.accelerator.state.fsdp_plugin.auto_wrap_policy = fsdp_auto_wrap_policy(trainer.model)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(LossReport(config.logging_steps, config.progress))
     if after_optimizer_step is not None:
