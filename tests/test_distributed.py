@@ -97,3 +97,31 @@ def test_sharded_evaluation_equals_one_process_and_a_killed_one_finishes_with_an
     for task in ("gsm8k", "boolq"):
         assert _records(killed / task) == _records(single / task)  # no duplicate, none missing
         assert not list((killed / task).glob("predictions.rank*"))
+
+
+_EVERY_METHOD = """
+import json, sys
+from llm_adapters.methods import METHODS
+from llm_adapters.train import finetune, load_config
+data, out = sys.argv[1], sys.argv[2]
+for method in METHODS:
+    finetune(load_config(base_model="tiny-llama", data=data, output_dir=f"{out}/{method}", template="alpaca",
+                         adapter={"method": method, "r": 4, "bottleneck_size": 8, "num_virtual_tokens": 3},
+                         batch_size=4, micro_batch_size=2, max_steps=1, warmup_steps=0, progress=False))
+"""
+
+
+def test_every_method_of_the_family_trains_under_ddp(tmp_path):
+    from llm_adapters.methods import METHODS
+
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(RECORDS))
+    script = tmp_path / "every_method.py"
+    script.write_text(_EVERY_METHOD)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), str(data), str(tmp_path / "out")], env=ENV, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for method in METHODS:
+        manifest = json.loads((tmp_path / "out" / method / "manifest.json").read_text())
+        assert manifest["training"]["devices"] == 2 and manifest["training"]["steps"] == 1, method

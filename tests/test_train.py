@@ -459,3 +459,23 @@ def test_finetune_methods_that_cannot_shard_are_refused_before_the_model_loads(t
     monkeypatch.delenv(next(iter(where)))
     with pytest.raises(ValueError, match=message.replace("FSDP", "DeepSpeed ZeRO-3")):
         finetune(_run(tmp_path, data_file, adapter=adapter, deepspeed=str(zero3)))
+
+
+@pytest.mark.parametrize("method", ["pissa", "olora"])
+def test_finetune_saves_pissa_and_olora_as_a_lora_that_loads_onto_the_untouched_base(tmp_path, data_file, method):
+    from peft import PeftModel
+
+    from llm_adapters.methods import load_adapter
+
+    out = finetune(_run(tmp_path, data_file, adapter={"method": method, "r": 4, "dropout": 0.0}, max_steps=2,
+                        save_steps=2, keep_checkpoints=True))
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert saved["r"] == 8 and saved["init_lora_weights"] is True and not (out / "initial-adapter").exists()
+    # The trained model as training saw it: PEFT redoes the decomposition of a fresh base, then loads the
+    # checkpoint's raw adapter. The saved adapter must give the same model on an untouched base.
+    trained = PeftModel.from_pretrained(load_model("tiny-llama")[0], str(latest_checkpoint(out / "checkpoints"))).eval()
+    converted = load_adapter(load_model("tiny-llama")[0], out)
+    batch = byte_tokenizer()(["Add 1 and 2.", "Add 13 and 4."], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(**batch).logits, trained(**batch).logits, rtol=0, atol=2e-4)
+        assert not torch.allclose(converted(**batch).logits, load_model("tiny-llama")[0](**batch).logits, atol=1e-3)

@@ -38,7 +38,8 @@ from llm_adapters.train.batches import PACKING_MODEL_TYPES, EncodeStats, encode_
 from llm_adapters.train.config import FinetuneConfig
 from llm_adapters.train.trainer import AdapterTrainer, latest_checkpoint, loss_summary, make_trainer
 
-MANIFEST, CHECKPOINTS, INITIAL_ADAPTER = "manifest.json", "checkpoints", ".initial-adapter"
+# (PEFT names the initial adapter after its folder when it converts: no dot in the name.)
+MANIFEST, CHECKPOINTS, INITIAL_ADAPTER = "manifest.json", "checkpoints", "initial-adapter"
 
 
 def finetune(config: FinetuneConfig) -> Path:
