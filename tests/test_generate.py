@@ -223,3 +223,15 @@ def test_continuation_logliks_tokenise_like_training_with_the_smollm2_tokenizer(
         expected = [_independent_loglik(model, tokenizer, c, x) for c, x in pairs]
         scores = continuation_logliks(model, tokenizer, pairs, template="original")
     assert scores == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_continuation_logliks_share_the_context_exactly_on_every_architecture(name: str) -> None:
+    """Contexts of different lengths (left-padded together), continuations of different lengths (right-padded
+    after the repeated context cache), against one unpadded sequence per pair."""
+    model, tokenizer = load_model(name)
+    continuations = ["the correct answer is true", "the correct answer is false", "no", "x"]
+    pairs = [(prompt, continuation) for prompt in PROMPTS[:3] for continuation in continuations]
+    with torch.no_grad():
+        expected = [_independent_loglik(model, tokenizer, c, x) for c, x in pairs]
+    assert continuation_logliks(model, tokenizer, pairs, batch_size=2) == pytest.approx(expected, abs=1e-4)

@@ -270,23 +270,95 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: list[tuple[str, str]
     Context and continuation are tokenised apart, as training tokenises a prompt and its response
     (`templates.encode_pair`): the continuation's tokens are those the model was trained to produce after that
     prompt (tokenised as one text, the original template's trailing spaces would merge with the continuation's
-    first word). Rows are padded on the right, so positions need no correction; virtual tokens a prompt-learning
-    adapter prepends to the logits are dropped by keeping the last `width` positions.
+    first word).
+
+    The labels of a question share its whole context, so each context runs once: its keys/values are computed
+    for a batch of contexts, repeated for each of the context's continuations, and only the continuations'
+    tokens run again (lm-eval runs one sequence per question for the same reason). Prompt-learning adapters,
+    whose virtual tokens PEFT adds inside the forward pass, take the plain path: one sequence per pair.
 
     Args:
-        pairs: (context, continuation) strings.
+        pairs: (context, continuation) strings; pairs with the same context are scored together.
         template: the prompts' template (whether the tokenizer adds special tokens).
-        batch_size: sequences per forward pass.
+        batch_size: contexts (plain path: sequences) per forward pass.
     """
     model.eval()
+    encoded = [encode_pair(tokenizer, context, continuation, template) for context, continuation in pairs]
+    if _is_prompt_learning(model):
+        return _plain_logliks(model, tokenizer, encoded, batch_size)
+    groups: dict[tuple[int, ...], list[int]] = {}  # context ids -> indices of its pairs, in order
+    for index, (context_ids, _) in enumerate(encoded):
+        groups.setdefault(tuple(context_ids), []).append(index)
+    scores = [0.0] * len(pairs)
+    contexts = list(groups)
+    for start in range(0, len(contexts), batch_size):
+        chunk = contexts[start:start + batch_size]
+        continuations = [[encoded[i][1] for i in groups[c]] for c in chunk]
+        for indices, score in zip((groups[c] for c in chunk), _shared_context_logliks(model, tokenizer, chunk,
+                                                                                       continuations)):
+            for index, value in zip(indices, score):
+                scores[index] = value
+    return scores
+
+
+def _shared_context_logliks(model: Any, tokenizer: Any, contexts: list[tuple[int, ...]],
+                            continuations: list[list[list[int]]]) -> list[list[float]]:
+    """Per context, the log-likelihood of each of its continuations, the context run once (left-padded, so
+    every context ends in the same column and the continuations follow it directly)."""
     device = next(model.parameters()).device
-    encoded = []
-    for context, continuation in pairs:
-        context_ids, continuation_ids = encode_pair(tokenizer, context, continuation, template)
-        encoded.append((context_ids + continuation_ids, len(context_ids)))
+    width = max(len(c) for c in contexts)
+    ids = torch.full((len(contexts), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for row, context in enumerate(contexts):
+        ids[row, width - len(context):] = torch.tensor(context)
+        mask[row, width - len(context):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    extra = {"position_ids": positions} if _forward_accepts(model, "position_ids") else {}
+    if _forward_accepts(model, "logits_to_keep"):
+        extra["logits_to_keep"] = 1  # only the last position predicts a continuation token
+    head = model(input_ids=ids, attention_mask=mask, use_cache=True, **extra)
+    first = torch.log_softmax(head.logits[:, -1].float(), dim=-1)  # (contexts, vocab): each continuation's 1st
+    counts = [len(c) for c in continuations]
+    cache = head.cache
+    rows = torch.tensor([row for row, n in enumerate(counts) for _ in range(n)], device=device)
+    cache.batch_select_indices(rows)  # (contexts x their continuations, heads, width, dim)
+    flat = [continuation for group in continuations for continuation in group]
+    tail = max(len(c) for c in flat) - 1  # the last token of a continuation predicts nothing we need
+    results: list[float] = []
+    if tail > 0:
+        tail_ids = torch.full((len(flat), tail), tokenizer.pad_token_id, dtype=torch.long, device=device)
+        tail_mask = torch.zeros((len(flat), tail), dtype=torch.long, device=device)
+        for row, continuation in enumerate(flat):
+            tail_ids[row, :len(continuation) - 1] = torch.tensor(continuation[:-1])
+            tail_mask[row, :len(continuation) - 1] = 1
+        full_mask = torch.cat([mask[rows], tail_mask], dim=1)
+        extra = {}
+        if _forward_accepts(model, "position_ids"):
+            extra["position_ids"] = positions[rows, -1:] + 1 + torch.arange(tail, device=device)
+        logits = model(input_ids=tail_ids, attention_mask=full_mask, cache=cache, use_cache=True, **extra).logits
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (rows, tail, vocab)
+    for row, (context_row, continuation) in enumerate(zip(rows.tolist(), flat)):
+        total = first[context_row, continuation[0]]
+        if len(continuation) > 1:
+            targets = torch.tensor(continuation[1:], device=device)
+            total = total + log_probs[row, :len(continuation) - 1].gather(1, targets[:, None]).sum()
+        results.append(float(total))
+    grouped, offset = [], 0
+    for n in counts:
+        grouped.append(results[offset:offset + n])
+        offset += n
+    return grouped
+
+
+def _plain_logliks(model: Any, tokenizer: Any, encoded: list[tuple[list[int], list[int]]], batch_size: int
+                   ) -> list[float]:
+    """One right-padded sequence per pair. Virtual tokens a prompt-learning adapter prepends to the logits are
+    dropped by keeping the last `width` positions."""
+    device = next(model.parameters()).device
     scores: list[float] = []
     for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start:start + batch_size]
+        chunk = [(context + continuation, len(context)) for context, continuation in encoded[start:start + batch_size]]
         width = max(len(ids) for ids, _ in chunk)
         input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
