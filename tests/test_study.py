@@ -206,7 +206,11 @@ def test_report_means_deviations_and_intervals_match_an_independent_computation(
     assert cell["mean"] == pytest.approx(statistics.mean(values))
     assert cell["sd"] == pytest.approx(statistics.stdev(values))
     half = 4.303 * statistics.stdev(values) / math.sqrt(3)  # t(0.975, 2 df) from a printed t table
-    assert cell["ci95"] == pytest.approx([0.7 - half, 0.7 + half])
+    assert cell["ci95_seeds"] == pytest.approx([0.7 - half, 0.7 + half])
+    # 21 of 30 answers pooled: Wilson by hand, p = .7, z² = 3.8415: centre (.7 + .06403) / 1.12805 = .67730,
+    # half-width 1.95996 / 1.12805 * sqrt(.007 + .001067) = .15605 -> (.52125, .83335)
+    assert cell["ci95_answers"] == pytest.approx([0.52125, 0.83335], abs=1e-4)
+    assert cell["ci95"] == pytest.approx([min(0.7 - half, 0.52125), max(0.7 + half, 0.83335)], abs=1e-4)
     average = rows["lora-attn"]["cells"]["average"]  # per seed: (0.7+0.5)/2, (0.8+0.6)/2, (0.6+0.4)/2
     assert average["mean"] == pytest.approx(0.6) and average["sd"] == pytest.approx(0.1)
 

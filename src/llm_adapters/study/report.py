@@ -2,8 +2,8 @@
 
 Rows are configurations (a run's grid values without the seed; with several folders, also the study), columns
 the tasks, their average and the trainable-parameter %. A cell is the mean over seeds ± the standard deviation
-(n - 1), with a 95 % interval: Student's t over the seeds, or, for a single seed, the Wilson interval of that
-run's answers. Comparisons pair the same questions and seeds (McNemar's exact test) and say plainly when a
+(n - 1), with a 95 % interval that covers both noises: the wider of Student's t over the seeds and the Wilson
+interval of all the configuration's answers pooled. Comparisons pair the same questions and seeds (McNemar's exact test) and say plainly when a
 difference is inside the noise.
 """
 from __future__ import annotations
@@ -38,7 +38,8 @@ def seed_statistics(values: list[float]) -> dict[str, Any]:
         return {"mean": mean, "sd": None, "ci95": None, "n": n}
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     half = t975(n - 1) * sd / math.sqrt(n)
-    return {"mean": mean, "sd": sd, "ci95": [mean - half, mean + half], "n": n}
+    # An accuracy lies in [0, 1]: the interval is cut there (with few seeds it is wide).
+    return {"mean": mean, "sd": sd, "ci95": [max(0.0, mean - half), min(1.0, mean + half)], "n": n}
 
 
 def mcnemar(a: list[bool], b: list[bool]) -> dict[str, Any]:
@@ -66,7 +67,13 @@ def load(folders: list[str | Path]) -> tuple[list[dict[str, Any]], list[dict[str
             raise MissingInputError(f"{folder} is not a study folder (no {store.STUDY_FILE})")
         spec = json.loads(path.read_text(encoding="utf-8"))["spec"]
         specs[spec["name"]] = spec
-        results += store.results(folder)
+        grid = spec.get("grid") or []
+        order: dict[str, dict[str, int]] = {}
+        for product in grid if isinstance(grid, list) else [grid]:
+            for axis, values in product.items():
+                for value in values:
+                    order.setdefault(axis, {}).setdefault(json.dumps(value), len(order.get(axis, {})))
+        results += [dict(r, _order=order) for r in store.results(folder)]
         failed += [dict(f, study=spec["name"]) for f in store.failures(folder)]
     return results, failed, specs
 
@@ -84,13 +91,29 @@ def _config_key(result: dict[str, Any], several: bool) -> str:
     return f"{result['study']}: {label}" if several else label
 
 
+def _grid_order(result: dict[str, Any]) -> tuple:
+    """Where a run's values stand in its grid's lists (set by `load`), so rows follow the spec's order."""
+    order = result.get("_order", {})
+    return tuple(order.get(axis, {}).get(json.dumps(value), len(order)) for axis, value in result["values"].items())
+
+
 def configurations(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Runs grouped by configuration (grid values but the seed), in the order they come."""
+    """Runs grouped by configuration (grid values but the seed), in the spec's grid order."""
     several = len({r["study"] for r in results}) > 1
     groups: dict[str, list[dict[str, Any]]] = {}
-    for result in sorted(results, key=lambda r: (r["study"], r["name"])):
+    for result in sorted(results, key=lambda r: (r["study"], _grid_order(r), r["name"])):
         groups.setdefault(_config_key(result, several), []).append(result)
     return groups
+
+
+def _with_answer_noise(stat: dict[str, Any], answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The interval that covers both noises: the seeds' spread (Student's t) and the finite number of
+    questions (the Wilson interval of all the answers pooled). Two seeds that agree are no proof of a precise
+    number: 30 questions still are 30 questions."""
+    low, high = wilson_interval(sum(a["correct"] for a in answers), sum(a["n"] for a in answers))
+    seeds = stat["ci95"] or [low, high]
+    return {**stat, "ci95": [min(seeds[0], low), max(seeds[1], high)], "ci95_seeds": stat["ci95"],
+            "ci95_answers": [low, high]}
 
 
 def table(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -103,13 +126,12 @@ def table(results: list[dict[str, Any]]) -> dict[str, Any]:
         for task in tasks:
             values = [r["tasks"][task]["accuracy"] for r in runs if task in r["tasks"]]
             if values:
-                cells[task] = seed_statistics(values)
-                if len(values) == 1:
-                    only = next(r["tasks"][task] for r in runs if task in r["tasks"])
-                    cells[task]["ci95"] = list(wilson_interval(only["correct"], only["n"]))
+                answers = [r["tasks"][task] for r in runs if task in r["tasks"]]
+                cells[task] = _with_answer_noise(seed_statistics(values), answers)
         averages = [math.fsum(r["tasks"][t]["accuracy"] for t in tasks if t in r["tasks"])
                     / max(1, sum(t in r["tasks"] for t in tasks)) for r in runs]
-        cells["average"] = seed_statistics(averages)
+        cells["average"] = _with_answer_noise(seed_statistics(averages),
+                                              [r["tasks"][t] for r in runs for t in tasks if t in r["tasks"]])
         rows[key] = {"cells": cells, "percent": runs[0]["parameters"]["percent"], "method": runs[0]["method"],
                      "seeds": sorted(r["seed"] for r in runs), "values": {k: v for k, v in runs[0]["values"].items()
                                                                           if k != "seed"}}
@@ -178,8 +200,9 @@ def markdown(summary: dict[str, Any], found: list[dict[str, Any]], failed: list[
         cells = [_cell(row["cells"].get(t)) for t in tasks]
         lines.append(f"| {key} | {','.join(map(str, row['seeds']))} | " + " | ".join(cells)
                      + f" | {_cell(row['cells']['average'])} | {row['percent']:.3f} |")
-    lines += ["", "Accuracy %: mean over seeds ± standard deviation [95 % interval: Student's t over seeds; for one "
-                  "seed, the Wilson interval of its answers]. Average: the unweighted mean over tasks, per seed.",
+    lines += ["", "Accuracy %: mean over seeds ± standard deviation [95 % interval: the wider of Student's t over the "
+                  "seeds and the Wilson interval of all the answers pooled]. Average: the unweighted mean over tasks, "
+                  "per seed.",
               "", "## Comparisons (McNemar's exact test on the same questions and seeds; no correction for the "
                   "number of comparisons)", ""]
     lines += [f"- {c['scope']}: {sentence(c)}" for c in found] or ["- (one configuration: nothing to compare)"]
@@ -191,11 +214,13 @@ def markdown(summary: dict[str, Any], found: list[dict[str, Any]], failed: list[
 def csv_text(summary: dict[str, Any]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["configuration", "column", "mean", "sd", "ci95_low", "ci95_high", "n_seeds", "percent"])
+    writer.writerow(["configuration", "column", "mean", "sd", "ci95_low", "ci95_high", "seeds_t_low", "seeds_t_high",
+                     "answers_wilson_low", "answers_wilson_high", "n_seeds", "percent"])
     for key, row in summary["rows"].items():
         for column, stat in row["cells"].items():
-            low, high = stat["ci95"] or (None, None)
-            writer.writerow([key, column, stat["mean"], stat["sd"], low, high, stat["n"], row["percent"]])
+            seeds = stat["ci95_seeds"] or (None, None)
+            writer.writerow([key, column, stat["mean"], stat["sd"], *stat["ci95"], *seeds, *stat["ci95_answers"],
+                             stat["n"], row["percent"]])
     return buffer.getvalue()
 
 
