@@ -16,8 +16,10 @@ from llm_adapters.eval.generate import (
     DecodeConfig,
     continuation_logliks,
     generate_batch,
+    generate_stream,
     plan_batches,
 )
+from llm_adapters.eval import kvcache
 from llm_adapters.methods import METHODS, attach
 from llm_adapters.models import TINY_MODELS, load_model
 from helpers import memorise, perturb
@@ -94,6 +96,108 @@ def test_generate_batch_stop_rules_cut_after_the_answer_and_keep_it(scripted: tu
         assert fast[1].text == " 1 plus 4. The answer is 5. "
     else:
         assert fast[-1].text == " So true "
+
+
+# Prompts of many lengths, more of them than slots: rows finish at different steps and newcomers take their slots.
+MANY = [build_prompt("Question " + "and more words " * k + "?") for k in (0, 5, 1, 9, 3, 0, 7, 2, 4, 6, 8)]
+
+
+# Random tiny BLOOM and OPT repeat one token whatever the prompt; moved off their init they vary.
+VARIED = {"tiny-bloom": 0.2, "tiny-opt": 0.3}
+
+
+def _ending_early(model: Any, tokenizer: Any, prompts: list[str], budget: int) -> None:
+    """Make one token the model generates an end-of-text id, chosen so that rows end after the most different
+    numbers of tokens (a random tiny model otherwise runs every row to the budget, all together)."""
+    rows = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tokenizer([prompt], return_tensors="pt")["input_ids"]
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            rows.append(out[0, ids.shape[1]:].tolist())
+    candidates = {token for row in rows for token in row}
+
+    def spread(token: int) -> int:
+        return len({row.index(token) if token in row else budget for row in rows})
+
+    model.generation_config.eos_token_id = [max(sorted(candidates), key=spread), tokenizer.eos_token_id]
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("slots", [2, 3])
+def test_generate_stream_continuous_batching_equals_one_by_one(name: str, slots: int,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished row's slot goes to the next prompt (own prefill, positions, cache row); the buffers grow and
+    their dead columns are trimmed (made frequent by a small growth step): each prompt must still get what
+    `generate` gives it alone, for every architecture (tiny-mistral's sliding-window cache takes the
+    `generate` fallback)."""
+    monkeypatch.setattr(kvcache, "_GROW", 4)
+    trims = []
+    trim = kvcache.SlotCache.trim
+    monkeypatch.setattr(kvcache.SlotCache, "trim", lambda self, live: (trims.append(self.length), trim(self, live)))
+    model, tokenizer = load_model(name)
+    if name in VARIED:
+        perturb(model, scale=VARIED[name])
+    _ending_early(model, tokenizer, MANY, 20)
+    config = DecodeConfig(batch_size=slots, max_new_tokens=20, stop_rules=False)
+    streamed = list(generate_stream(model, tokenizer, MANY, TASKS["gsm8k"], config))
+    assert sorted(i for i, _ in streamed) == list(range(len(MANY)))
+    results = dict(streamed)
+    reference = _one_by_one(model, tokenizer, MANY, "gsm8k", config)
+    assert [results[i] for i in range(len(MANY))] == reference
+    assert len({g.n_tokens for g in reference}) > 1  # rows did end at different steps
+    assert bool(trims) == (name != "tiny-mistral")
+
+
+def test_generate_stream_with_a_perturbed_adapter_and_stop_rules_equals_one_by_one(scripted: tuple[Any, Any]
+                                                                                  ) -> None:
+    """The scripted model under a perturbed LoRA: stop rules end rows at different steps, two slots cycle
+    through twelve prompts."""
+    model, tokenizer = scripted
+    prompts = [prompt for prompt, _ in SCRIPT]
+    peft_model = attach(model, {"method": "lora", "r": 4})
+    perturb(peft_model, scale=0.05)
+    for task in ("gsm8k", "boolq"):
+        config = DecodeConfig(batch_size=2, max_new_tokens=40)
+        results = dict(generate_stream(peft_model, tokenizer, prompts, TASKS[task], config))
+        reference = _one_by_one(peft_model, tokenizer, prompts, task, config)
+        assert [results[i] for i in range(len(prompts))] == reference
+        assert len({g.n_tokens for g in reference}) > 2
+    peft_model.unload()
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_generate_stream_prompt_learning_takes_generate_in_batches(method: str) -> None:
+    model, tokenizer = load_model("tiny-llama")
+    peft_model = attach(model, {"method": method, "num_virtual_tokens": 3}).eval()
+    perturb(peft_model)
+    config = DecodeConfig(batch_size=2, max_new_tokens=6, stop_rules=False)
+    results = dict(generate_stream(peft_model, tokenizer, MANY[:5], TASKS["gsm8k"], config))
+    assert [results[i] for i in range(5)] == _one_by_one(peft_model, tokenizer, MANY[:5], "gsm8k", config)
+
+
+def test_slot_cache_moves_every_row_right_for_a_longer_newcomer() -> None:
+    """Prompts come longest first, so a newcomer fits in front of the last column; a longer one (possible
+    through the class alone) shifts every row right: both rows' next logits must equal each prompt alone."""
+    model, tokenizer = load_model("tiny-llama")
+    perturb(model, scale=0.02)
+    short, long = tokenizer("ab")["input_ids"], tokenizer("a much longer prompt")["input_ids"]
+    cache = None
+    for row, ids in enumerate((short, long)):
+        with torch.no_grad():
+            output = model(input_ids=torch.tensor([ids]), use_cache=True)
+        if cache is None:
+            cache = kvcache.SlotCache(len(output.cache.layers), 2)
+        cache.admit([row], output.cache, torch.ones((1, len(ids)), dtype=torch.long))
+    assert cache.length == len(long) and cache.starts == [len(long) - len(short), 0]
+    step = torch.tensor([[7], [9]])
+    positions = torch.tensor([[len(short)], [len(long)]])
+    with torch.no_grad():
+        logits = model(input_ids=step, attention_mask=cache.step_mask(), cache=cache, position_ids=positions).logits
+        for row, ids in enumerate((short, long)):
+            alone = model(input_ids=torch.tensor([ids + [int(step[row])]])).logits[0, -1]
+            assert torch.allclose(logits[row, -1], alone, atol=1e-5)
 
 
 def test_generate_batch_original_rules_get_the_full_generation(scripted: tuple[Any, Any]) -> None:

@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from llm_adapters import dist, rundir
 from llm_adapters.data.io import TaskData, download_hint, load_task_data, resolve_data_dir
@@ -31,8 +31,8 @@ from llm_adapters.data.templates import build_prompt, choice_response
 from llm_adapters.errors import MissingInputError
 from llm_adapters.eval.config import EvalConfig
 from llm_adapters.eval.extract import RULES, extract_answer, is_correct
-from llm_adapters.eval.generate import (DecodeConfig, continuation_logliks, generate_batch, plan_batches,
-                                        prompt_lengths)
+from llm_adapters.eval.generate import (DecodeConfig, Generation, continuation_logliks, generate_stream,
+                                        plan_batches, prompt_lengths)
 from llm_adapters.eval.score import PredictionLog, accuracy_summary
 from llm_adapters.files import write_json_atomic, write_text_atomic
 from llm_adapters.provenance import provenance
@@ -79,22 +79,23 @@ class _Settings:
     config: EvalConfig
 
 
-def _score_batch(model: Any, tokenizer: Any, task: Task, records: list[dict[str, Any]], indices: list[int],
-                 prompts: dict[int, str], settings: _Settings) -> list[dict[str, Any]]:
-    """Generate and/or score the log-likelihood of one batch; one result record per index."""
+def _score(model: Any, tokenizer: Any, task: Task, records: list[dict[str, Any]], indices: list[int],
+           prompts: dict[int, str], generations: dict[int, Generation], seconds: float, settings: _Settings
+           ) -> list[dict[str, Any]]:
+    """The result records of `indices`: their generations scored, and/or their labels' log-likelihoods computed
+    here; `seconds` is the time their generation took."""
     start = time.perf_counter()
-    batch_prompts = [prompts[i] for i in indices]
     results = [{"index": i, "prompt": prompts[i], "gold": records[i]["answer"]} for i in indices]
     rules = settings.config.rules
     if _generates(task, settings.config.scoring):
-        generations = generate_batch(model, tokenizer, batch_prompts, task, settings.decode, settings.template)
-        for result, generation in zip(results, generations):
+        for result, index in zip(results, indices):
+            generation = generations[index]
             prediction = extract_answer(task, generation.text, rules)
             result.update(generation=generation.text, prediction=prediction,
                           correct=is_correct(task, prediction, result["gold"]), n_tokens=generation.n_tokens)
     if _logliks(task, settings.config.scoring):
         # The continuation the models are trained to produce, tokenised apart from the prompt as in training.
-        pairs = [(p, choice_response(label)) for p in batch_prompts for label in task.labels]
+        pairs = [(prompts[i], choice_response(label)) for i in indices for label in task.labels]
         # Full-vocabulary logits for every position: 8 rows of ~150 tokens are ~250 MB with a 49k vocabulary.
         scores = continuation_logliks(model, tokenizer, pairs, template=settings.template,
                                       batch_size=min(8, settings.decode.batch_size))
@@ -103,10 +104,35 @@ def _score_batch(model: Any, tokenizer: Any, task: Task, records: list[dict[str,
             best = task.labels[row.index(max(row))]
             result.update(loglik_scores=dict(zip(task.labels, row)), loglik_prediction=best,
                           loglik_correct=best == result["gold"])
-    seconds = (time.perf_counter() - start) / len(indices)
+    each = (seconds + time.perf_counter() - start) / len(indices)
     for result in results:
-        result["seconds"] = round(seconds, 4)
+        result["seconds"] = round(each, 4)
     return results
+
+
+def _chunks(model: Any, tokenizer: Any, task: Task, pending: list[int], prompts: dict[int, str],
+            settings: _Settings) -> Iterator[tuple[list[int], dict[int, Generation], float]]:
+    """The pending questions in chunks of about a batch, with their generations (when the task generates) and
+    the seconds these took. Generation streams (`generate_stream`: a finished question's place goes to the next
+    one), so a chunk is the next batch of questions to finish; without generation a chunk is a length-sorted
+    batch."""
+    size = settings.decode.batch_size
+    if not _generates(task, settings.config.scoring):
+        lengths = prompt_lengths(tokenizer, [prompts[i] for i in pending], settings.template)
+        for batch in plan_batches(lengths, size):
+            yield [pending[k] for k in batch], {}, 0.0
+        return
+    chunk: dict[int, Generation] = {}
+    start = time.perf_counter()
+    stream = generate_stream(model, tokenizer, [prompts[i] for i in pending], task, settings.decode,
+                             settings.template)
+    for k, generation in stream:
+        chunk[pending[k]] = generation
+        if len(chunk) == size:
+            yield list(chunk), chunk, time.perf_counter() - start
+            chunk, start = {}, time.perf_counter()
+    if chunk:
+        yield list(chunk), chunk, time.perf_counter() - start
 
 
 def _generates(task: Task, scoring: str) -> bool:
@@ -188,12 +214,10 @@ def _evaluate_task(model: Any, tokenizer: Any, task_data: TaskData, output_dir: 
     mine = log if dist.world_size() == 1 else PredictionLog(folder / f"predictions.rank{dist.rank()}.jsonl")
     prompts = {i: build_prompt(records[i]["instruction"], records[i].get("input", ""), template=settings.template,
                                tokenizer=tokenizer) for i in pending}
-    lengths = prompt_lengths(tokenizer, [prompts[i] for i in pending], settings.template)
     with tqdm(total=n, initial=n - len(todo), desc=task.name, unit="ex",
               disable=not config.progress or not dist.is_main()) as bar:
-        for batch in plan_batches(lengths, settings.decode.batch_size):
-            indices = [pending[k] for k in batch]
-            results = _score_batch(model, tokenizer, task, records, indices, prompts, settings)
+        for indices, generations, seconds in _chunks(model, tokenizer, task, pending, prompts, settings):
+            results = _score(model, tokenizer, task, records, indices, prompts, generations, seconds, settings)
             mine.append(results)
             done.update((r["index"], r) for r in results)
             bar.update(len(results) * dist.world_size())

@@ -17,8 +17,8 @@ Why each piece:
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Iterator, Literal
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -27,6 +27,7 @@ from llm_adapters.data.tasks import Task
 from llm_adapters.data.templates import adds_special_tokens, encode_pair
 from llm_adapters.errors import UserError
 from llm_adapters.eval.extract import answer_complete
+from llm_adapters.eval.kvcache import SlotCache
 
 Protocol = Literal["fast", "original"]
 PROTOCOLS: tuple[str, ...] = ("fast", "original")
@@ -166,51 +167,127 @@ def _finish(tokenizer: Any, tokens: list[int], length: int, ends: set[int]) -> G
     return Generation(tokenizer.decode(tokens[:length], skip_special_tokens=True), length)
 
 
-def _greedy_pruned(model: Any, tokenizer: Any, batch: Any, task: Task, config: DecodeConfig) -> list[Generation]:
-    """Greedy decoding with the KV cache, dropping each row from the batch as soon as it is finished.
+def _left_pad(rows: list[list[int]] | list[tuple[int, ...]], pad_id: int, device: Any
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded on the left to one width, and the mask (1 on real tokens)."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, row in enumerate(rows):
+        input_ids[k, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[k, width - len(row):] = 1
+    return input_ids.to(device), mask.to(device)
 
-    `generate` keeps computing finished rows (feeding them pads) until the last row ends; with answers of
-    very different lengths most of a batch's compute then goes to rows that are already done. Here a finished
-    row leaves the input, the mask and the cache (`Cache.batch_select_indices`), so each step costs only what
-    the live rows need. Positions are counted from each row's first real token, as `generate` does.
+
+class _Row:
+    """A prompt in a slot: its tokens so far and the text length already found incomplete."""
+
+    def __init__(self, index: int, prompt_length: int) -> None:
+        self.index, self.prompt_length = index, prompt_length
+        self.tokens: list[int] = []
+        self.checked = 0
+
+
+def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list[int], task: Task,
+                   config: DecodeConfig) -> Iterator[tuple[int, Generation]]:
+    """Greedy decoding with continuous batching; yields (prompt index, generation) as each prompt finishes.
+
+    `generate` keeps computing a batch's finished rows until its last row ends, and a batch that only drops them
+    runs its long tail with a few rows, where a step costs nearly what a full one does (the weights are read
+    for every step). Here `config.batch_size` slots decode together and a finished prompt's slot is taken by the
+    next prompt at once: its own prefill (with the other newcomers of that step), its own positions, its own
+    cache row (`kvcache.SlotCache`, which also writes each new token in place). Prompts come longest first, so a
+    newcomer fits in front of the cache's last column. Positions count from each prompt's first real token, as
+    `generate` does, so every prompt gets the tokens `generate` gives it alone (tested).
+
+    Falls back to `model.generate` in batches for models whose cache has other than plain full-attention layers.
     """
+    device = next(model.parameters()).device
     ends = _end_of_text_ids(model, tokenizer)
     budget = config.max_new_tokens or task.max_new_tokens
-    mask = batch["attention_mask"]  # (rows, width); 0 on the left pads
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (rows, width)
-    extra = {"position_ids": positions} if _forward_accepts(model, "position_ids") else {}
-    if _forward_accepts(model, "logits_to_keep"):
-        extra["logits_to_keep"] = 1  # only the last position's logits are needed
-    output = model(input_ids=batch["input_ids"], attention_mask=mask, use_cache=True, **extra)
-    cache, last_position = output.cache, positions[:, -1]
-    live = list(range(mask.shape[0]))  # batch row of each live row
-    tokens: list[list[int]] = [[] for _ in live]
-    checked = [0 for _ in live]  # text length each row was already checked to
-    for step in range(budget):
-        chosen = output.logits[:, -1].argmax(-1)  # (live,)
-        keep = []
-        for k, (row, token) in enumerate(zip(live, chosen.tolist())):
-            tokens[row].append(token)
-            if token in ends:
-                continue
-            if config.stop_rules:
-                text = tokenizer.decode(tokens[row], skip_special_tokens=True)
-                if answer_complete(task, text, checked[row]):
-                    continue
-                checked[row] = len(text)
-            keep.append(k)
-        if not keep or step == budget - 1:
-            break
-        if len(keep) < len(live):
-            index = torch.tensor(keep, device=mask.device)
-            cache.batch_select_indices(index)
-            mask, chosen, last_position = mask[index], chosen[index], last_position[index]
-            live = [live[k] for k in keep]
-        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-        last_position = last_position + 1
-        extra = {"position_ids": last_position[:, None]} if "position_ids" in extra else {}
-        output = model(input_ids=chosen[:, None], attention_mask=mask, cache=cache, use_cache=True, **extra)
-    return [_finish(tokenizer, row_tokens, len(row_tokens), ends) for row_tokens in tokens]
+    use_positions = _forward_accepts(model, "position_ids")
+    last_only = {"logits_to_keep": 1} if _forward_accepts(model, "logits_to_keep") else {}
+    queue = list(reversed(order))  # pop() takes the longest left
+    slots: list[_Row | None] = []
+    cache: SlotCache | None = None
+
+    def finished(row: _Row, token: int) -> bool:
+        row.tokens.append(token)
+        if token in ends or len(row.tokens) >= budget:
+            return True
+        if config.stop_rules:
+            text = tokenizer.decode(row.tokens, skip_special_tokens=True)
+            if answer_complete(task, text, row.checked):
+                return True
+            row.checked = len(text)
+        return False
+
+    def prefill(indices: list[int]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        input_ids, mask = _left_pad([ids[i] for i in indices], tokenizer.pad_token_id, device)
+        extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if use_positions else {}
+        output = model(input_ids=input_ids, attention_mask=mask, use_cache=True, **extra, **last_only)
+        return output.cache, mask, output.logits[:, -1].argmax(-1)
+
+    while True:
+        # Fill the free slots (all of them at the start) from the queue; a newcomer done at its first token
+        # frees its slot again at once.
+        free = [k for k, row in enumerate(slots) if row is None] + list(range(len(slots), config.batch_size))
+        while free and queue:
+            take = [queue.pop() for _ in range(min(len(free), len(queue)))]
+            prefilled, mask, chosen = prefill(take)
+            if cache is None:
+                if not SlotCache.supports(prefilled):
+                    yield from _stream_in_batches(model, tokenizer, ids, order, task, config)
+                    return
+                cache = SlotCache(len(prefilled.layers), min(config.batch_size, len(order)))
+                slots = [None] * cache.rows
+                free = list(range(cache.rows))
+            rows, place = free[:len(take)], []
+            for k, (row, index, token) in enumerate(zip(rows, take, chosen.tolist())):
+                entry = _Row(index, len(ids[index]))
+                if finished(entry, token):
+                    yield index, _finish(tokenizer, entry.tokens, len(entry.tokens), ends)
+                else:
+                    slots[row] = entry
+                    place.append(k)
+            if place and len(place) < len(take):
+                keep = torch.tensor(place, device=device)
+                prefilled.batch_select_indices(keep)
+                mask = mask[keep]
+            if place:
+                cache.admit([rows[k] for k in place], prefilled, mask)
+            free = [k for k, row in enumerate(slots) if row is None]
+        live = [k for k, row in enumerate(slots) if row is not None]
+        if not live:
+            return
+        if not queue and len(live) <= len(slots) // 2:  # the tail: stop computing idle slots
+            cache.select(live)
+            slots = [slots[k] for k in live]
+            live = list(range(len(slots)))
+        cache.trim(live)
+        step_ids = torch.full((len(slots), 1), tokenizer.pad_token_id, dtype=torch.long)
+        positions = torch.zeros((len(slots), 1), dtype=torch.long)
+        for k in live:
+            step_ids[k, 0] = slots[k].tokens[-1]
+            positions[k, 0] = slots[k].prompt_length + len(slots[k].tokens) - 1
+        extra = {"position_ids": positions.to(device)} if use_positions else {}
+        output = model(input_ids=step_ids.to(device), attention_mask=cache.step_mask(), cache=cache,
+                       use_cache=True, **extra)
+        for k, token in zip(live, output.logits[live, -1].argmax(-1).tolist()):
+            row = slots[k]
+            if finished(row, token):
+                yield row.index, _finish(tokenizer, row.tokens, len(row.tokens), ends)
+                slots[k] = None
+
+
+def _stream_in_batches(model: Any, tokenizer: Any, ids: list[list[int]], order: list[int], task: Task,
+                       config: DecodeConfig) -> Iterator[tuple[int, Generation]]:
+    """`model.generate` on consecutive batches of `order` (the prompts' token ids padded here)."""
+    for start in range(0, len(order), config.batch_size):
+        batch = order[start:start + config.batch_size]
+        input_ids, mask = _left_pad([ids[i] for i in batch], tokenizer.pad_token_id, next(model.parameters()).device)
+        yield from zip(batch, _hf_generate(model, tokenizer, {"input_ids": input_ids, "attention_mask": mask}, task,
+                                           config))
 
 
 def _hf_generate(model: Any, tokenizer: Any, batch: Any, task: Task, config: DecodeConfig) -> list[Generation]:
@@ -231,14 +308,21 @@ def _hf_generate(model: Any, tokenizer: Any, batch: Any, task: Task, config: Dec
             for row, tokens in enumerate(output[:, width:].tolist())]
 
 
-@torch.no_grad()
-def generate_batch(model: Any, tokenizer: Any, prompts: list[str], task: Task, config: DecodeConfig,
-                   template: str = "original") -> list[Generation]:
-    """Generate the responses to one batch of prompts.
+def _check_tokenizer(tokenizer: Any) -> None:
+    if tokenizer.padding_side != "left" or tokenizer.pad_token_id is None:
+        raise UserError("the tokenizer must pad on the left and have a pad token (models.prepare_tokenizer)")
 
-    Greedy decoding with the KV cache runs our own loop, which drops finished rows (`_greedy_pruned`); beam
-    search, decoding without the cache and prompt-learning adapters go through `model.generate`. Both give
-    the tokens that `model.generate` gives for each prompt alone (tested).
+
+@torch.no_grad()
+def generate_stream(model: Any, tokenizer: Any, prompts: list[str], task: Task, config: DecodeConfig,
+                    template: str = "original") -> Iterator[tuple[int, Generation]]:
+    """Generate the responses to `prompts`, yielding (index in `prompts`, generation) as each one finishes.
+
+    Greedy decoding with the KV cache runs our continuous-batching loop (`_greedy_stream`): `config.batch_size`
+    prompts decode together and a finished prompt's place goes to the next one. Beam search, decoding without
+    the cache and prompt-learning adapters (whose virtual tokens PEFT inserts inside `generate`) go through
+    `model.generate`, one batch of length-sorted prompts at a time. Both give the tokens that `model.generate`
+    gives for each prompt alone (tested).
 
     Args:
         model: a causal LM or a PeftModel, in eval mode (set here too: dropout off).
@@ -251,15 +335,24 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str], task: Task, c
     Raises:
         UserError: a tokenizer that pads on the right or has no pad token.
     """
-    if tokenizer.padding_side != "left" or tokenizer.pad_token_id is None:
-        raise UserError("the tokenizer must pad on the left and have a pad token (models.prepare_tokenizer)")
+    _check_tokenizer(tokenizer)
     model.eval()
-    device = next(model.parameters()).device
-    batch = tokenizer(prompts, return_tensors="pt", padding=True,
-                      add_special_tokens=adds_special_tokens(template)).to(device)
+    if not prompts:
+        return
+    ids = tokenizer(prompts, add_special_tokens=adds_special_tokens(template))["input_ids"]
+    order = [i for batch in plan_batches([len(x) for x in ids], len(ids)) for i in batch]  # longest first
     if config.num_beams == 1 and config.use_cache and not _is_prompt_learning(model):
-        return _greedy_pruned(model, tokenizer, batch, task, config)
-    return _hf_generate(model, tokenizer, batch, task, config)
+        yield from _greedy_stream(model, tokenizer, ids, order, task, config)
+    else:
+        yield from _stream_in_batches(model, tokenizer, ids, order, task, config)
+
+
+def generate_batch(model: Any, tokenizer: Any, prompts: list[str], task: Task, config: DecodeConfig,
+                   template: str = "original") -> list[Generation]:
+    """The responses to `prompts`, in their order (`generate_stream` with all of them decoding together)."""
+    config = replace(config, batch_size=max(1, len(prompts)))
+    results = dict(generate_stream(model, tokenizer, prompts, task, config, template))
+    return [results[i] for i in range(len(prompts))]
 
 
 @torch.no_grad()
@@ -306,13 +399,7 @@ def _shared_context_logliks(model: Any, tokenizer: Any, contexts: list[tuple[int
     """Per context, the log-likelihood of each of its continuations, the context run once (left-padded, so
     every context ends in the same column and the continuations follow it directly)."""
     device = next(model.parameters()).device
-    width = max(len(c) for c in contexts)
-    ids = torch.full((len(contexts), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(contexts), width), dtype=torch.long)
-    for row, context in enumerate(contexts):
-        ids[row, width - len(context):] = torch.tensor(context)
-        mask[row, width - len(context):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = _left_pad(contexts, tokenizer.pad_token_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     extra = {"position_ids": positions} if _forward_accepts(model, "position_ids") else {}
     if _forward_accepts(model, "logits_to_keep"):

