@@ -60,6 +60,25 @@ def matmul_rate() -> float:
     return 2 * 2048 ** 3 * 10 / (time.perf_counter() - start) / 1e9
 
 
+def linear_rate(model: Any, rows: int) -> float:
+    """GFLOP/s of the model's own Linear layers (and head) on `rows` rows at a time: the ceiling of a decoding
+    step of `rows` sequences, whatever the engine."""
+    shapes = sorted({tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)})
+    weights = [torch.randn(shape) for shape in shapes]
+    inputs = {shape[1]: torch.randn(rows, shape[1]) for shape in shapes}
+    counts = [sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear) and tuple(m.weight.shape) == shape)
+              for shape in shapes]
+    for _ in range(2):
+        for w in weights:
+            torch.nn.functional.linear(inputs[w.shape[1]], w)
+    start = time.perf_counter()
+    for w, count in zip(weights, counts):
+        for _ in range(count):
+            torch.nn.functional.linear(inputs[w.shape[1]], w)
+    flop = sum(2 * rows * shape[0] * shape[1] * count for shape, count in zip(shapes, counts))
+    return flop / (time.perf_counter() - start) / 1e9
+
+
 def work_gflop(model: Any, tokens: int, logit_rows: int) -> float:
     """Useful work: every processed token through the body, every needed logits row through the head."""
     embedding = model.get_input_embeddings().weight
@@ -170,7 +189,8 @@ def main() -> None:
                 result = lm_eval_run(args.lm_eval_python, request)
                 runs["lm-eval"].append({"all": {"seconds": result["seconds"]},
                                         **{t: {"texts": texts} for t, texts in result["tasks"].items()}})
-            print(f"generation round {round_ + 1} done", flush=True)
+            print(f"generation round {round_ + 1}: " + ", ".join(
+                f"{system} {_seconds(rounds[-1:]):.1f} s" for system, rounds in runs.items() if rounds), flush=True)
         report["generation"] = _generation_report(model, tokenizer, tasks, runs, prompt_tokens)
     if args.only != "generate":
         tasks = {name: prompts_of(name, args.n_loglik) for name in ("boolq", "arc-e")}
@@ -188,10 +208,12 @@ def main() -> None:
                 runs["lm-eval"].append({"all": {"seconds": result["seconds"]},
                                         **{t: {"scores": [s for row in rows for s in row]}
                                            for t, rows in result["tasks"].items()}})
-            print(f"log-likelihood round {round_ + 1} done", flush=True)
+            print(f"log-likelihood round {round_ + 1}: " + ", ".join(
+                f"{system} {_seconds(rounds[-1:]):.1f} s" for system, rounds in runs.items() if rounds), flush=True)
         report["loglik"] = _loglik_report(model, tokenizer, tasks, pairs, runs)
     rates.append(matmul_rate())
     report["matmul_gflops"] = [round(r, 1) for r in rates]
+    report["linear_gflops_at_batch"] = round(linear_rate(model, args.batch_size), 1)
     rate = sum(rates) / len(rates)
     for part in ("generation", "loglik"):
         for system in report.get(part, {}).get("systems", {}).values():
@@ -221,6 +243,8 @@ def _generation_report(model: Any, tokenizer: Any, tasks: dict[str, list[str]], 
                  "per_round": [round(sum(v["seconds"] for v in r.values() if "seconds" in v), 1) for r in rounds],
                  "identical_to_ours": sum(a == b for t in tasks for a, b in zip(predictions[system][t],
                                                                                 predictions["ours"][t]))}
+        if all("seconds" in rounds[0][t] for t in tasks):
+            entry["per_task"] = {t: round(sum(r[t]["seconds"] for r in rounds), 1) for t in tasks}
         if "generated" in rounds[-1][next(iter(tasks))]:
             generated = sum(rounds[-1][t]["generated"] for t in tasks)
             tokens = sum(prompt_tokens(p) for p in tasks.values()) + generated
@@ -260,7 +284,8 @@ def _loglik_report(model: Any, tokenizer: Any, tasks: dict[str, list[str]], pair
 
 
 def _print(report: dict, args: argparse.Namespace) -> None:
-    print(f"\nmachine: {report['machine']}; 2048x2048 fp32 matmul: {report['matmul_gflops']} GFLOP/s (start, end)")
+    print(f"\nmachine: {report['machine']}; 2048x2048 fp32 matmul: {report['matmul_gflops']} GFLOP/s (start, end); "
+          f"the model's Linear layers on {args.batch_size} rows: {report['linear_gflops_at_batch']} GFLOP/s")
     for part in ("generation", "loglik"):
         if part not in report:
             continue
@@ -275,6 +300,9 @@ def _print(report: dict, args: argparse.Namespace) -> None:
             print(f"| {name} | {s['seconds']} | {s['per_round']} | {s['examples_per_second']} | "
                   f"{s.get('tokens_processed', '–')} | {s['identical_to_ours']}/{n} | {s['ours_speedup']}x | "
                   f"{s.get('fraction_of_matmul_rate', '–')} |")
+        for name, s in report[part]["systems"].items():
+            if "per_task" in s:
+                print(f"{name}: seconds per task over the rounds {s['per_task']}")
 
 
 if __name__ == "__main__":

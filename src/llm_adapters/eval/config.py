@@ -33,7 +33,9 @@ class EvalConfig:
         "help": "results folder (default: runs/eval/<model>[-<adapter>])"})
     limit: int | None = field(default=None, metadata={
         "help": "evaluate the first N examples of each task (default: all)"})
-    batch_size: int | None = field(default=None, metadata={"help": "prompts per batch (default: 32 fast, 1 original)"})
+    batch_size: int | None = field(default=None, metadata={
+        "help": "prompts decoding together (greedy: continuous batching's slots; beam search: prompts per generate "
+                "call); default 32 fast, 1 original"})
     template: str | None = field(default=None, metadata={
         "help": "prompt template: original (the original evaluation prompt, byte for byte), alpaca, chat (default: the "
                 "template the adapter was trained with, from its manifest.json; else original)"})

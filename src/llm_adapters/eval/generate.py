@@ -22,6 +22,7 @@ from typing import Any, Iterator, Literal
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.cache_utils import DynamicCache
 
 from llm_adapters.data.tasks import Task
 from llm_adapters.data.templates import adds_special_tokens, encode_pair
@@ -39,7 +40,8 @@ class DecodeConfig:
 
     Args:
         protocol: "fast" (greedy, stop rules) or "original" (4-beam search, no stop rule).
-        batch_size: prompts per `generate` call.
+        batch_size: prompts decoding together (greedy: the slots of continuous batching; otherwise the prompts
+            of one `generate` call).
         max_new_tokens: generation budget; None takes the task's (256 math, 32 commonsense).
         num_beams: 1 is greedy.
         use_cache: keep the KV cache (False reproduces the original math script's cost, not its results).
@@ -179,6 +181,49 @@ def _left_pad(rows: list[list[int]] | list[tuple[int, ...]], pad_id: int, device
     return input_ids.to(device), mask.to(device)
 
 
+_MIN_HEADER = 8  # shared leading tokens worth a pass of their own
+
+
+class _Header:
+    """The leading tokens every prompt of a run shares (the template's preamble), run once: each prefill then
+    runs only the rest of its prompts, after the header's keys/values, at positions counted on from it.
+
+    Only for models that take explicit positions and have plain full-attention caches; otherwise `length` is 0
+    and prompts run whole.
+    """
+
+    def __init__(self, model: Any, prompts: list[list[int]] | list[tuple[int, ...]]) -> None:
+        self.length, self.cache = 0, None
+        shortest = min(len(p) for p in prompts)
+        length = 0
+        while length < shortest - 1 and all(p[length] == prompts[0][length] for p in prompts):
+            length += 1
+        if length < _MIN_HEADER or not _forward_accepts(model, "position_ids"):
+            return
+        device = next(model.parameters()).device
+        cache = model(input_ids=torch.tensor([list(prompts[0][:length])], device=device), use_cache=True).cache
+        if SlotCache.supports(cache):
+            self.length, self.cache = length, cache
+
+    def prefill(self, model: Any, rows: list[list[int]] | list[tuple[int, ...]], pad_id: int, **kwargs: Any
+                ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Run `rows` (left-padded, each after the header when there is one): (output, mask over the whole
+        rows, positions of the tokens run)."""
+        device = next(model.parameters()).device
+        input_ids, mask = _left_pad([row[self.length:] for row in rows], pad_id, device)
+        positions = self.length + (mask.cumsum(-1) - 1).clamp(min=0)
+        if not self.length:
+            extra = {"position_ids": positions} if _forward_accepts(model, "position_ids") else {}
+            return model(input_ids=input_ids, attention_mask=mask, use_cache=True, **extra, **kwargs), mask, positions
+        cache = DynamicCache()
+        for index, layer in enumerate(self.cache.layers):  # expanded views: the forward's concatenation copies
+            cache.update(layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1), index)
+        mask = torch.cat([mask.new_ones((len(rows), self.length)), mask], dim=1)
+        output = model(input_ids=input_ids, attention_mask=mask, cache=cache, position_ids=positions, use_cache=True,
+                       **kwargs)
+        return output, mask, positions
+
+
 class _Row:
     """A prompt in a slot: its tokens so far and the text length already found incomplete."""
 
@@ -222,10 +267,10 @@ def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list
             row.checked = len(text)
         return False
 
+    header = _Header(model, ids)
+
     def prefill(indices: list[int]) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        input_ids, mask = _left_pad([ids[i] for i in indices], tokenizer.pad_token_id, device)
-        extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if use_positions else {}
-        output = model(input_ids=input_ids, attention_mask=mask, use_cache=True, **extra, **last_only)
+        output, mask, _ = header.prefill(model, [ids[i] for i in indices], tokenizer.pad_token_id, **last_only)
         return output.cache, mask, output.logits[:, -1].argmax(-1)
 
     while True:
@@ -260,7 +305,8 @@ def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list
         live = [k for k, row in enumerate(slots) if row is not None]
         if not live:
             return
-        if not queue and len(live) <= len(slots) // 2:  # the tail: stop computing idle slots
+        # The tail: stop computing idle slots once an eighth are idle (the copy costs about one step).
+        if not queue and len(slots) - len(live) >= max(1, len(slots) // 8):
             cache.select(live)
             slots = [slots[k] for k in live]
             live = list(range(len(slots)))
@@ -383,28 +429,27 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: list[tuple[str, str]
     for index, (context_ids, _) in enumerate(encoded):
         groups.setdefault(tuple(context_ids), []).append(index)
     scores = [0.0] * len(pairs)
-    contexts = list(groups)
+    contexts = sorted(groups, key=len, reverse=True)  # similar lengths together: little padding
+    header = _Header(model, contexts)
     for start in range(0, len(contexts), batch_size):
         chunk = contexts[start:start + batch_size]
         continuations = [[encoded[i][1] for i in groups[c]] for c in chunk]
-        for indices, score in zip((groups[c] for c in chunk), _shared_context_logliks(model, tokenizer, chunk,
+        for indices, score in zip((groups[c] for c in chunk), _shared_context_logliks(model, tokenizer, header, chunk,
                                                                                        continuations)):
             for index, value in zip(indices, score):
                 scores[index] = value
     return scores
 
 
-def _shared_context_logliks(model: Any, tokenizer: Any, contexts: list[tuple[int, ...]],
+def _shared_context_logliks(model: Any, tokenizer: Any, header: _Header, contexts: list[tuple[int, ...]],
                             continuations: list[list[list[int]]]) -> list[list[float]]:
     """Per context, the log-likelihood of each of its continuations, the context run once (left-padded, so
-    every context ends in the same column and the continuations follow it directly)."""
+    every context ends in the same column and the continuations follow it directly; the header that all
+    contexts share run once for all)."""
     device = next(model.parameters()).device
-    ids, mask = _left_pad(contexts, tokenizer.pad_token_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    extra = {"position_ids": positions} if _forward_accepts(model, "position_ids") else {}
-    if _forward_accepts(model, "logits_to_keep"):
-        extra["logits_to_keep"] = 1  # only the last position predicts a continuation token
-    head = model(input_ids=ids, attention_mask=mask, use_cache=True, **extra)
+    # only the last position predicts a continuation token
+    last_only = {"logits_to_keep": 1} if _forward_accepts(model, "logits_to_keep") else {}
+    head, mask, positions = header.prefill(model, contexts, tokenizer.pad_token_id, **last_only)
     first = torch.log_softmax(head.logits[:, -1].float(), dim=-1)  # (contexts, vocab): each continuation's 1st
     counts = [len(c) for c in continuations]
     cache = head.cache
