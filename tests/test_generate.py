@@ -2,6 +2,7 @@
 the original protocol, eval mode, and log-likelihood scoring against an independent computation."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from llm_adapters.eval.generate import (
     generate_stream,
     plan_batches,
 )
-from llm_adapters.eval import kvcache
+from llm_adapters.eval import generate as generate_module, kvcache
 from llm_adapters.methods import METHODS, attach
 from llm_adapters.models import TINY_MODELS, load_model
 from helpers import memorise, perturb
@@ -124,37 +125,59 @@ def _ending_early(model: Any, tokenizer: Any, prompts: list[str], budget: int) -
     model.generation_config.eos_token_id = [max(sorted(candidates), key=spread), tokenizer.eos_token_id]
 
 
+def _watch_drafts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[int]]]:
+    """(width, columns kept per row) of every step that verified drafts."""
+    steps: list[tuple[int, list[int]]] = []
+    keep = kvcache.SlotCache.keep
+    monkeypatch.setattr(kvcache.SlotCache, "keep",
+                        lambda self, counts, width: (steps.append((width, list(counts))), keep(self, counts, width)))
+    return steps
+
+
 @pytest.mark.parametrize("name", TINY_MODELS)
-@pytest.mark.parametrize("slots", [2, 3])
-def test_generate_stream_continuous_batching_equals_one_by_one(name: str, slots: int,
+@pytest.mark.parametrize("slots,draft_tokens", [(2, 0), (3, 0), (2, 8), (3, 4)])
+def test_generate_stream_continuous_batching_equals_one_by_one(name: str, slots: int, draft_tokens: int,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """A finished row's slot goes to the next prompt (own prefill, positions, cache row); the buffers grow and
-    their dead columns are trimmed (made frequent by a small growth step): each prompt must still get what
-    `generate` gives it alone, for every architecture (tiny-mistral's sliding-window cache takes the
-    `generate` fallback)."""
+    """A finished row's slot goes to the next prompt (own prefill, positions, cache row); rows verify drafts of
+    their own text; the buffers grow and their dead columns are compacted away (made frequent by a small
+    growth step): each prompt must still get what `generate` gives it alone, for every architecture
+    (tiny-mistral's sliding-window cache takes the `generate` fallback)."""
     monkeypatch.setattr(kvcache, "_GROW", 4)
-    trims = []
-    trim = kvcache.SlotCache.trim
-    monkeypatch.setattr(kvcache.SlotCache, "trim", lambda self, live: (trims.append(self.length), trim(self, live)))
+    compactions = []
+    compact = kvcache.SlotCache.compact
+
+    def watched(self: kvcache.SlotCache, live: list[int]) -> None:
+        before = self.length
+        compact(self, live)
+        if self.length < before:
+            compactions.append((before, self.length))
+
+    monkeypatch.setattr(kvcache.SlotCache, "compact", watched)
+    steps = _watch_drafts(monkeypatch)
+    monkeypatch.setattr(generate_module, "_STEP_COST", 10_000)  # verify every draft, as a fixed cost this large would
     model, tokenizer = load_model(name)
     if name in VARIED:
         perturb(model, scale=VARIED[name])
     _ending_early(model, tokenizer, MANY, 20)
-    config = DecodeConfig(batch_size=slots, max_new_tokens=20, stop_rules=False)
+    config = DecodeConfig(batch_size=slots, max_new_tokens=20, stop_rules=False, draft_tokens=draft_tokens)
     streamed = list(generate_stream(model, tokenizer, MANY, TASKS["gsm8k"], config))
     assert sorted(i for i, _ in streamed) == list(range(len(MANY)))
     results = dict(streamed)
     reference = _one_by_one(model, tokenizer, MANY, "gsm8k", config)
     assert [results[i] for i in range(len(MANY))] == reference
     assert len({g.n_tokens for g in reference}) > 1  # rows did end at different steps
-    assert bool(trims) == (name != "tiny-mistral")
+    assert bool(compactions) == (name != "tiny-mistral")
+    # drafts were verified (accepted on most architectures: a random tiny model repeats itself)
+    assert bool(steps) == (draft_tokens > 0 and name != "tiny-mistral")
+    assert all(width <= draft_tokens + 1 for width, _ in steps)
 
 
-def test_generate_stream_with_a_perturbed_adapter_and_stop_rules_equals_one_by_one(scripted: tuple[Any, Any]
-                                                                                  ) -> None:
+def test_generate_stream_with_a_perturbed_adapter_and_stop_rules_equals_one_by_one(
+        scripted: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """The scripted model under a perturbed LoRA: stop rules end rows at different steps, two slots cycle
-    through twelve prompts."""
+    through twelve prompts, drafts are accepted and rejected (the rejected columns masked out)."""
     model, tokenizer = scripted
+    steps = _watch_drafts(monkeypatch)
     prompts = [prompt for prompt, _ in SCRIPT]
     peft_model = attach(model, {"method": "lora", "r": 4})
     perturb(peft_model, scale=0.05)
@@ -165,6 +188,80 @@ def test_generate_stream_with_a_perturbed_adapter_and_stop_rules_equals_one_by_o
         assert [results[i] for i in range(len(prompts))] == reference
         assert len({g.n_tokens for g in reference}) > 2
     peft_model.unload()
+    kept = [count for width, counts in steps for count in counts if count]
+    assert any(count > 1 for count in kept)  # a draft accepted
+    assert any(count < width for width, counts in steps for count in counts if count)  # and one rejected
+
+
+def _draft_by_search(text: list[int], limit: int) -> list[int]:
+    """The draft by its definition: the longest tail n-gram (n <= 3) that occurs earlier with a token after it,
+    its latest such occurrence, and the text continued as if it repeated from there."""
+    for n in (3, 2, 1):
+        if len(text) < n:
+            continue
+        starts = [s for s in range(len(text) - n) if text[s:s + n] == text[-n:]]
+        if starts:
+            follower = starts[-1] + n
+            draft = []
+            extended = list(text)
+            for _ in range(limit):
+                extended.append(extended[len(extended) - (len(text) - follower)])
+                draft.append(extended[-1])
+            return draft
+    return []
+
+
+def test_row_drafts_what_followed_the_latest_tail_ngram_and_scores_its_guesses() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        prompt = torch.randint(0, 4, (int(torch.randint(1, 12, (1,), generator=generator)),), generator=generator)
+        row = generate_module._Row(trial, prompt.tolist())
+        for token in torch.randint(0, 4, (6,), generator=generator).tolist():
+            assert row.draft(5) == _draft_by_search(row.text, 5)
+            row.append(token)
+        assert row.tokens == row.text[len(prompt):] and row.prompt_length == len(prompt)
+    row = generate_module._Row(0, [5, 6, 7])
+    assert row.draft(4) == []  # nothing repeats yet
+    for token in [5, 6, 7, 5, 6]:
+        row.append(token)
+    assert row.draft(4) == [7, 5, 6, 7]  # a loop continues with its period
+    assert row.rate > 0.5  # the last guesses (6 after 5) were right
+
+
+def test_step_width_verifies_drafts_only_when_they_pay() -> None:
+    cost = generate_module._STEP_COST
+    assert generate_module._step_width([([], 0.9)] * 4, 4) == 1  # no drafts
+    assert generate_module._step_width([([1] * 8, 1.0)] * 4, 4) == 9  # certain drafts, a step costs more than 36
+    assert generate_module._step_width([([1] * 8, 0.05)] * 32, 32) == 1  # poor guesses
+    # one row with a sure draft among many rows without: its columns would cost every row
+    assert generate_module._step_width([([1] * 8, 1.0)] + [([], 0.5)] * (cost * 2), cost * 2) == 1
+    # the chosen width maximises expected tokens per unit of work (checked against every width)
+    drafts = [([1] * 8, 0.9), ([1] * 3, 0.6), ([], 0.5), ([1] * 5, 0.8)]
+
+    def value(width: int) -> float:
+        tokens = sum(1 + sum(p ** i for i in range(1, min(len(d), width - 1) + 1)) for d, p in drafts)
+        return tokens / (cost + len(drafts) * width)
+
+    assert generate_module._step_width(drafts, len(drafts)) == max(range(1, 10), key=value)
+
+
+def test_several_tokens_a_row_use_the_kernels_gqa_and_leave_the_environment_as_it_was(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+    model, tokenizer = load_model("tiny-llama")
+    assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped-query attention
+    perturb(model, scale=0.02)
+    seen = []
+    forward = model.forward
+    model.forward = lambda **inputs: (seen.append(os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")), forward(**inputs))[1]
+    ids, mask = torch.tensor([[0, 5, 6, 7], [4, 5, 6, 7]]), torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    with torch.no_grad():
+        switched = generate_module._forward(model, input_ids=ids, attention_mask=mask).logits
+        plain = forward(input_ids=ids, attention_mask=mask).logits
+        generate_module._forward(model, input_ids=ids[:, :1], attention_mask=mask[:, :1])
+    assert seen == ["1", None]  # on for several tokens a row, off for one
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
+    assert torch.allclose(switched, plain, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["prefix", "prompt"])
@@ -190,7 +287,9 @@ def test_slot_cache_moves_every_row_right_for_a_longer_newcomer() -> None:
         if cache is None:
             cache = kvcache.SlotCache(len(output.cache.layers), 2)
         cache.admit([row], output.cache, torch.ones((1, len(ids)), dtype=torch.long))
-    assert cache.length == len(long) and cache.starts == [len(long) - len(short), 0]
+    assert cache.length == len(long)
+    assert cache.mask[:, :cache.length].sum(1).tolist() == [len(short), len(long)]
+    assert cache.mask[0, :len(long) - len(short)].sum() == 0  # the short row's real columns end with the long one's
     step = torch.tensor([[7], [9]])
     positions = torch.tensor([[len(short)], [len(long)]])
     with torch.no_grad():

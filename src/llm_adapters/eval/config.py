@@ -36,6 +36,10 @@ class EvalConfig:
     batch_size: int | None = field(default=None, metadata={
         "help": "prompts decoding together (greedy: continuous batching's slots; beam search: prompts per generate "
                 "call); default 32 fast, 1 original"})
+    draft_tokens: int = field(default=8, metadata={
+        "help": "greedy decoding: the most tokens a prompt drafts from its own text (question and answer so far) for "
+                "one step to verify (prompt-lookup decoding); the answers are those of one token a step, 0 decodes "
+                "one token a step"})
     template: str | None = field(default=None, metadata={
         "help": "prompt template: original (the original evaluation prompt, byte for byte), alpaca, chat (default: the "
                 "template the adapter was trained with, from its manifest.json; else original)"})
@@ -97,5 +101,7 @@ def _problems(c: EvalConfig):
         value = getattr(c, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             yield f"{name} must be a positive integer, got {value!r}"
+    if not isinstance(c.draft_tokens, int) or isinstance(c.draft_tokens, bool) or c.draft_tokens < 0:
+        yield f"draft_tokens must be an integer >= 0, got {c.draft_tokens!r}"
     if c.dtype not in DTYPES:
         yield f"dtype {c.dtype!r} is not one of {', '.join(DTYPES)}"

@@ -31,8 +31,8 @@ from llm_adapters.data.templates import build_prompt, choice_response
 from llm_adapters.errors import MissingInputError
 from llm_adapters.eval.config import EvalConfig
 from llm_adapters.eval.extract import RULES, extract_answer, is_correct
-from llm_adapters.eval.generate import (DecodeConfig, Generation, continuation_logliks, generate_stream,
-                                        plan_batches, prompt_lengths)
+from llm_adapters.eval.generate import (SPEED_ONLY, DecodeConfig, Generation, continuation_logliks,
+                                        generate_stream, plan_batches, prompt_lengths)
 from llm_adapters.eval.score import PredictionLog, accuracy_summary
 from llm_adapters.files import write_json_atomic, write_text_atomic
 from llm_adapters.provenance import provenance
@@ -196,8 +196,9 @@ def _evaluate_task(model: Any, tokenizer: Any, task_data: TaskData, output_dir: 
     folder = output_dir / task.name
     identity = {"task": task.name, "task_version": task.version, "data_sha256": task_data.sha256,
                 "template": settings.template, "rules": config.rules, "scoring": config.scoring,
-                **{k: v for k, v in settings.decode.settings(task).items() if k != "batch_size"}}
-    may_change = {"batch_size": settings.decode.batch_size, "limit": config.limit}
+                **{k: v for k, v in settings.decode.settings(task).items() if k not in SPEED_ONLY}}
+    may_change = {"batch_size": settings.decode.batch_size, "draft_tokens": settings.decode.draft_tokens,
+                  "limit": config.limit}
     plan = rundir.plan(folder, identity, overwrite="different" if config.overwrite else False,
                        may_change=may_change, what="task folder", flag="--output-dir")
     dist.barrier()  # every process has read the folder before the main one changes it
@@ -331,7 +332,8 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepar
     if config.template is None and "template" in trained and dist.is_main():
         print(f"[evaluate] template {template}: the one the adapter was trained with ({config.adapter}/manifest.json);"
               " --template overrides it", flush=True)
-    decode = DecodeConfig.for_protocol(config.protocol, config.batch_size, config.max_new_tokens, config.rules)
+    decode = DecodeConfig.for_protocol(config.protocol, config.batch_size, config.max_new_tokens, config.rules,
+                                       config.draft_tokens)
     if prepared.data:  # a chat template missing from the tokenizer fails here, before any work
         build_prompt(prepared.data[0].records[0]["instruction"], template=template, tokenizer=tokenizer)
     if config.scoring == "loglik" and any(d.task.answer_type != "label" for d in prepared.data):

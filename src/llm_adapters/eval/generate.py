@@ -17,6 +17,7 @@ Why each piece:
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass, replace
 from typing import Any, Iterator, Literal
 
@@ -32,6 +33,7 @@ from llm_adapters.eval.kvcache import SlotCache
 
 Protocol = Literal["fast", "original"]
 PROTOCOLS: tuple[str, ...] = ("fast", "original")
+SPEED_ONLY = ("batch_size", "draft_tokens")  # decoding settings that change the speed, never the tokens
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class DecodeConfig:
         num_beams: 1 is greedy.
         use_cache: keep the KV cache (False reproduces the original math script's cost, not its results).
         stop_rules: stop a row once its answer is complete (greedy only).
+        draft_tokens: the most tokens a row drafts from its own text for one step to verify (prompt-lookup
+            decoding, greedy with the KV cache only); 0 decodes one token a step. The tokens are the same
+            either way: only the number of steps changes.
     """
 
     protocol: Protocol = "fast"
@@ -54,6 +59,7 @@ class DecodeConfig:
     num_beams: int = 1
     use_cache: bool = True
     stop_rules: bool = True
+    draft_tokens: int = 8
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +71,8 @@ class DecodeConfig:
             problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_beams < 1:
             problems.append(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.draft_tokens < 0:
+            problems.append(f"draft_tokens must be >= 0, got {self.draft_tokens}")
         if self.stop_rules and self.num_beams > 1:
             problems.append("stop rules need greedy decoding (num_beams=1)")
         if problems:
@@ -72,7 +80,7 @@ class DecodeConfig:
 
     @classmethod
     def for_protocol(cls, protocol: Protocol, batch_size: int | None = None, max_new_tokens: int | None = None,
-                     rules: str = "default") -> "DecodeConfig":
+                     rules: str = "default", draft_tokens: int = 8) -> "DecodeConfig":
         """The protocol's settings; `batch_size` defaults to 32 (fast) or 1 (original, as its authors ran it).
 
         The stop rule ends a row once the `default` rules' answer is settled, which is exactly where those rules
@@ -83,11 +91,12 @@ class DecodeConfig:
             return cls("original", 1 if batch_size is None else batch_size, max_new_tokens, num_beams=4,
                        stop_rules=False)
         return cls(protocol, 32 if batch_size is None else batch_size, max_new_tokens,
-                   stop_rules=rules == "default")
+                   stop_rules=rules == "default", draft_tokens=draft_tokens)
 
     def settings(self, task: Task) -> dict[str, Any]:
         """The settings used for `task`, as written into summary.json."""
-        return {"protocol": self.protocol, "batch_size": self.batch_size, "num_beams": self.num_beams,
+        return {"protocol": self.protocol, "batch_size": self.batch_size, "draft_tokens": self.draft_tokens,
+                "num_beams": self.num_beams,
                 "do_sample": False, "max_new_tokens": self.max_new_tokens or task.max_new_tokens,
                 "use_cache": self.use_cache, "stop_rules": self.stop_rules, "attention_mask": True}
 
@@ -181,6 +190,29 @@ def _left_pad(rows: list[list[int]] | list[tuple[int, ...]], pad_id: int, device
     return input_ids.to(device), mask.to(device)
 
 
+def _forward(model: Any, **inputs: Any) -> Any:
+    """`model(**inputs)`; on the CPU, several tokens a row under a mask let torch's attention kernel take the
+    key/value groups of grouped-query attention itself (`enable_gqa`).
+
+    transformers' SDPA path otherwise repeats every layer's keys/values for each query head: a copy of the whole
+    cache per layer, which on 2 cores took more time than the rest of a 32-row verification step (measured in
+    docs/benchmarks.md); the kernel gives the same numbers. The switch is transformers' own environment variable,
+    set for this call only (on a GPU, a mask with `enable_gqa` would leave the fast kernels, so it stays off).
+    """
+    if inputs["input_ids"].shape[1] == 1 or inputs["input_ids"].device.type != "cpu":
+        return model(**inputs)
+    saved = os.environ.get(_FORCE_GQA)
+    os.environ[_FORCE_GQA] = "1"
+    try:
+        return model(**inputs)
+    finally:
+        if saved is None:
+            del os.environ[_FORCE_GQA]
+        else:
+            os.environ[_FORCE_GQA] = saved
+
+
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 _MIN_HEADER = 8  # shared leading tokens worth a pass of their own
 
 
@@ -214,23 +246,81 @@ class _Header:
         positions = self.length + (mask.cumsum(-1) - 1).clamp(min=0)
         if not self.length:
             extra = {"position_ids": positions} if _forward_accepts(model, "position_ids") else {}
-            return model(input_ids=input_ids, attention_mask=mask, use_cache=True, **extra, **kwargs), mask, positions
+            return (_forward(model, input_ids=input_ids, attention_mask=mask, use_cache=True, **extra, **kwargs), mask,
+                    positions)
         cache = DynamicCache()
         for index, layer in enumerate(self.cache.layers):  # expanded views: the forward's concatenation copies
             cache.update(layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1), index)
         mask = torch.cat([mask.new_ones((len(rows), self.length)), mask], dim=1)
-        output = model(input_ids=input_ids, attention_mask=mask, cache=cache, position_ids=positions, use_cache=True,
-                       **kwargs)
+        output = _forward(model, input_ids=input_ids, attention_mask=mask, cache=cache, position_ids=positions,
+                          use_cache=True, **kwargs)
         return output, mask, positions
 
 
-class _Row:
-    """A prompt in a slot: its tokens so far and the text length already found incomplete."""
+_NGRAM = 3  # the longest tail n-gram looked up for a draft
+# A decoding step's fixed cost, in tokens of work: a step pays for its columns only when the drafts' expected tokens
+# outweigh them. Measured on the 2-core CPU (SmolLM2, 24 rows): 174 ms for 1 column, 227 ms for 2, so 2.2 ms a
+# token and about 110-120 ms (some 50 tokens) that every step pays whatever its width.
+_STEP_COST = 48
+_MEMORY = 8  # tokens over which a row's draft hit rate is averaged (exponentially)
+_PREFILL_GROUP = 8  # prompts prefilled together: neighbours in length order, so that little is padding
 
-    def __init__(self, index: int, prompt_length: int) -> None:
-        self.index, self.prompt_length = index, prompt_length
+
+class _Row:
+    """A prompt in a slot: its tokens so far, the text length already found incomplete, and its draft index.
+
+    The draft index maps each n-gram of the row's text (prompt and generated tokens, n <= `_NGRAM`) to the
+    position after its latest occurrence that has a token after it: small models copy from the question and
+    repeat themselves, so what followed the current tail last time is a good guess of what follows now
+    (prompt-lookup decoding). Written by hand: transformers' prompt-lookup generator works on one sequence inside
+    `generate`, not on the rows of a batch that come and go.
+    """
+
+    def __init__(self, index: int, prompt: list[int] | tuple[int, ...]) -> None:
+        self.index, self.prompt_length = index, len(prompt)
         self.tokens: list[int] = []
         self.checked = 0
+        self.text = list(prompt)
+        self.follow: dict[tuple[int, ...], int] = {}
+        for end in range(1, len(prompt)):
+            self._index(end)
+        self.guess = self.draft(1)  # the draft's first token, scored against the token that comes
+        self.rate = 0.5  # how often the first draft token was right, recent tokens weighing most
+
+    def _index(self, end: int) -> None:
+        """The n-grams ending just before `end` are followed by the token at `end`."""
+        for n in range(1, min(_NGRAM, end) + 1):
+            self.follow[tuple(self.text[end - n:end])] = end
+
+    def append(self, token: int) -> None:
+        self.rate += ((self.guess == [token]) - self.rate) / _MEMORY
+        self.tokens.append(token)
+        self.text.append(token)
+        self._index(len(self.text) - 1)
+        self.guess = self.draft(1)
+
+    def draft(self, limit: int) -> list[int]:
+        """Up to `limit` tokens that followed the latest earlier occurrence of the longest tail n-gram, repeated
+        with the period that occurrence implies once they run out (a loop continues as it went)."""
+        text = self.text
+        for n in range(min(_NGRAM, len(text)), 0, -1):
+            start = self.follow.get(tuple(text[-n:]))
+            if start is not None:
+                period = len(text) - start
+                return [text[start + i % period] for i in range(limit)]
+        return []
+
+def _step_width(drafts: list[tuple[list[int], float]], slots: int) -> int:
+    """Columns per row for the next step (1 + draft tokens verified): the width with the most expected tokens
+    per unit of work, each row's draft of length n and acceptance p adding p + p^2 + ... + p^n tokens."""
+    longest = max((len(draft) for draft, _ in drafts), default=0)
+    best, best_value = 1, 0.0
+    for width in range(1, longest + 2):
+        expected = sum(1 + sum(p ** i for i in range(1, min(len(draft), width - 1) + 1)) for draft, p in drafts)
+        value = expected / (_STEP_COST + slots * width)
+        if value > best_value:
+            best, best_value = width, value
+    return best
 
 
 def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list[int], task: Task,
@@ -245,6 +335,13 @@ def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list
     newcomer fits in front of the cache's last column. Positions count from each prompt's first real token, as
     `generate` does, so every prompt gets the tokens `generate` gives it alone (tested).
 
+    A step may verify drafts (`config.draft_tokens`): each row feeds its last token and up to that many tokens
+    guessed from its own text (`_Row.draft`), all rows the same number of columns (`_step_width` picks it from
+    the rows' recent hit rates and a step's fixed cost). The model's greedy choice at each column checks the
+    next draft token: a row keeps its drafts up to the first wrong one, plus the model's own token there, and the
+    cache masks out the columns it did not keep (`SlotCache.keep`). The tokens are those of one token a step;
+    loops and copied phrases take fewer steps.
+
     Falls back to `model.generate` in batches for models whose cache has other than plain full-attention layers.
     """
     device = next(model.parameters()).device
@@ -257,7 +354,7 @@ def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list
     cache: SlotCache | None = None
 
     def finished(row: _Row, token: int) -> bool:
-        row.tokens.append(token)
+        row.append(token)
         if token in ends or len(row.tokens) >= budget:
             return True
         if config.stop_rules:
@@ -274,11 +371,11 @@ def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list
         return output.cache, mask, output.logits[:, -1].argmax(-1)
 
     while True:
-        # Fill the free slots (all of them at the start) from the queue; a newcomer done at its first token
-        # frees its slot again at once.
+        # Fill the free slots (all of them at the start) from the queue, a few prompts of similar length at a
+        # time; a newcomer done at its first token frees its slot again at once.
         free = [k for k, row in enumerate(slots) if row is None] + list(range(len(slots), config.batch_size))
         while free and queue:
-            take = [queue.pop() for _ in range(min(len(free), len(queue)))]
+            take = [queue.pop() for _ in range(min(len(free), len(queue), _PREFILL_GROUP))]
             prefilled, mask, chosen = prefill(take)
             if cache is None:
                 if not SlotCache.supports(prefilled):
@@ -289,7 +386,7 @@ def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list
                 free = list(range(cache.rows))
             rows, place = free[:len(take)], []
             for k, (row, index, token) in enumerate(zip(rows, take, chosen.tolist())):
-                entry = _Row(index, len(ids[index]))
+                entry = _Row(index, ids[index])
                 if finished(entry, token):
                     yield index, _finish(tokenizer, entry.tokens, len(entry.tokens), ends)
                 else:
@@ -310,20 +407,34 @@ def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list
             cache.select(live)
             slots = [slots[k] for k in live]
             live = list(range(len(slots)))
-        cache.trim(live)
-        step_ids = torch.full((len(slots), 1), tokenizer.pad_token_id, dtype=torch.long)
-        positions = torch.zeros((len(slots), 1), dtype=torch.long)
+        cache.compact(live)
+        # Each row feeds its last token and, when drafts pay, the tokens it drafts; the logits at column j are
+        # the model's choice after the first j of them, so a draft is kept up to its first wrong token and the
+        # model's own token there comes free (one forward pass, the tokens of one-at-a-time greedy decoding).
+        drafts = {k: slots[k].draft(min(config.draft_tokens, budget - len(slots[k].tokens) - 1)) for k in live}
+        width = _step_width([(drafts[k], slots[k].rate) for k in live], len(slots))
+        step_ids = torch.full((len(slots), width), tokenizer.pad_token_id, dtype=torch.long)
+        positions = torch.zeros((len(slots), width), dtype=torch.long)
         for k in live:
-            step_ids[k, 0] = slots[k].tokens[-1]
-            positions[k, 0] = slots[k].prompt_length + len(slots[k].tokens) - 1
+            drafts[k] = drafts[k][:width - 1]
+            fed = [slots[k].tokens[-1]] + drafts[k]
+            step_ids[k, :len(fed)] = torch.tensor(fed)
+            positions[k] = slots[k].prompt_length + len(slots[k].tokens) - 1 + torch.arange(width)
         extra = {"position_ids": positions.to(device)} if use_positions else {}
-        output = model(input_ids=step_ids.to(device), attention_mask=cache.step_mask(), cache=cache,
-                       use_cache=True, **extra)
-        for k, token in zip(live, output.logits[live, -1].argmax(-1).tolist()):
-            row = slots[k]
-            if finished(row, token):
-                yield row.index, _finish(tokenizer, row.tokens, len(row.tokens), ends)
-                slots[k] = None
+        output = _forward(model, input_ids=step_ids.to(device), attention_mask=cache.step_mask(width), cache=cache,
+                          use_cache=True, **extra)
+        counts = [0] * len(slots)  # columns each row keeps: its fed token and the drafts it accepted
+        for k, chosen in zip(live, output.logits[live].argmax(-1).tolist()):
+            row, draft = slots[k], drafts[k]
+            accepted = next((j for j, token in enumerate(draft) if token != chosen[j]), len(draft))
+            counts[k] = 1 + accepted
+            for token in chosen[:accepted + 1]:
+                if finished(row, token):
+                    yield row.index, _finish(tokenizer, row.tokens, len(row.tokens), ends)
+                    slots[k] = None
+                    break
+        if width > 1:
+            cache.keep(counts, width)
 
 
 def _stream_in_batches(model: Any, tokenizer: Any, ids: list[list[int]], order: list[int], task: Task,
@@ -468,7 +579,8 @@ def _shared_context_logliks(model: Any, tokenizer: Any, header: _Header, context
         extra = {}
         if _forward_accepts(model, "position_ids"):
             extra["position_ids"] = positions[rows, -1:] + 1 + torch.arange(tail, device=device)
-        logits = model(input_ids=tail_ids, attention_mask=full_mask, cache=cache, use_cache=True, **extra).logits
+        logits = _forward(model, input_ids=tail_ids, attention_mask=full_mask, cache=cache, use_cache=True,
+                          **extra).logits
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # (rows, tail, vocab)
     for row, (context_row, continuation) in enumerate(zip(rows.tolist(), flat)):
         total = first[context_row, continuation[0]]

@@ -7,8 +7,10 @@ prompt while the others keep decoding.
 
 Layout: every row's tokens end in the same column (`length` - 1), as with left padding; a row's real tokens are
 the columns where `mask` is 1 and the rest is masked out. A new prompt takes a row by writing its prefilled
-keys/values into that row's last columns; each decoding step writes one column for all rows, in place. Columns
-that are masked for every row (what is left of finished prompts) are dropped by `trim`.
+keys/values into that row's last columns; each decoding step writes the same number of columns for all rows, in
+place (one, or the fed token and its drafts when drafts are verified), and `keep` masks out each row's rejected
+drafts. `compact` moves each row's real columns to the end and drops the columns no row uses (what is left of
+finished prompts and of rejected drafts).
 """
 from __future__ import annotations
 
@@ -83,7 +85,6 @@ class SlotCache(Cache):
         super().__init__(layers=[SlotLayer() for _ in range(layers)])
         self.rows = rows
         self.mask: torch.Tensor | None = None  # (rows, capacity) long, 1 on each row's real tokens
-        self.starts = [0] * rows  # column of each row's first real token
 
     @property
     def length(self) -> int:
@@ -114,18 +115,23 @@ class SlotCache(Cache):
             layer.value_buffer[index, :, length - width:length] = source.values
         self.mask[index, :length] = 0
         self.mask[index, length - width:length] = mask
-        for row, row_mask in zip(rows, mask.tolist()):
-            self.starts[row] = length - width + row_mask.index(1)
 
-    def step_mask(self) -> torch.Tensor:
-        """The attention mask for one more token in every row (the column the next step writes)."""
+    def step_mask(self, width: int = 1) -> torch.Tensor:
+        """The attention mask for `width` more tokens in every row (the columns the next step writes)."""
         length = self.length
         for layer in self.layers:
-            layer.reserve(length + 1)
-        if self.mask.shape[1] < length + 1:
-            self.mask = torch.nn.functional.pad(self.mask, (0, _GROW))
-        self.mask[:, length] = 1
-        return self.mask[:, :length + 1]
+            layer.reserve(length + width)
+        if self.mask.shape[1] < length + width:
+            self.mask = torch.nn.functional.pad(self.mask, (0, max(width, _GROW)))
+        self.mask[:, length:length + width] = 1
+        return self.mask[:, :length + width]
+
+    def keep(self, counts: list[int], width: int) -> None:
+        """After a step of `width` columns: row k keeps the first `counts[k]` of them (its fed token and the
+        drafts it accepted); the rest (rejected drafts, filler) are masked out for the steps to come."""
+        columns = torch.arange(width, device=self.mask.device)
+        reject = columns[None, :] >= torch.tensor(counts, device=self.mask.device)[:, None]
+        self.mask[:, self.length - width:self.length][reject] = 0
 
     def select(self, rows: list[int]) -> None:
         """Keep only `rows`, in that order (one copy: done when most rows are idle)."""
@@ -133,22 +139,26 @@ class SlotCache(Cache):
         for layer in self.layers:
             layer.batch_select_indices(index)
         self.mask = self.mask[index]
-        self.starts = [self.starts[row] for row in rows]
         self.rows = len(rows)
 
-    def trim(self, live: list[int]) -> None:
-        """Drop the leading columns that no row in `live` uses, once there are `_GROW` of them."""
-        drop = min(self.starts[row] for row in live)
-        if drop < _GROW:
-            return
+    def compact(self, live: list[int]) -> None:
+        """Move each row's real columns to the end, in order, dropping the columns that no row in `live` uses,
+        once there are `_GROW` of them (what finished prompts and rejected drafts leave behind)."""
         length = self.length
+        mask = self.mask[:, :length]
+        keep = int(mask[live].sum(1).max())
+        if length - keep < _GROW:
+            return
+        # a stable sort puts each row's masked columns first and its real ones last, each in column order
+        index = torch.sort(mask, dim=1, stable=True).indices[:, length - keep:]
         for layer in self.layers:
-            for buffer in (layer.key_buffer, layer.value_buffer):
-                buffer[:, :, :length - drop] = buffer[:, :, drop:length].clone()
-            layer.length = length - drop
+            for name in ("key_buffer", "value_buffer"):
+                buffer = getattr(layer, name)
+                gather = index[:, None, :, None].expand(buffer.shape[0], buffer.shape[1], keep, buffer.shape[3])
+                buffer[:, :, :keep] = buffer[:, :, :length].gather(2, gather)
+            layer.length = keep
             layer._views()
-        self.mask[:, :length - drop] = self.mask[:, drop:length].clone()
-        self.starts = [max(0, start - drop) for start in self.starts]
+        self.mask[:, :keep] = mask.gather(1, index)
 
     def _shift(self, columns: int) -> None:
         """Move every row `columns` to the right (masked zeros in front)."""
@@ -159,4 +169,3 @@ class SlotCache(Cache):
             layer.length += columns
             layer._views()
         self.mask = torch.nn.functional.pad(self.mask, (columns, 0))
-        self.starts = [start + columns for start in self.starts]
