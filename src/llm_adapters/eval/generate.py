@@ -310,6 +310,7 @@ class _Row:
                 return [text[start + i % period] for i in range(limit)]
         return []
 
+
 def _step_width(drafts: list[tuple[list[int], float]], slots: int) -> int:
     """Columns per row for the next step (1 + draft tokens verified): the width with the most expected tokens
     per unit of work, each row's draft of length n and acceptance p adding p + p^2 + ... + p^n tokens."""

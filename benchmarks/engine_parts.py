@@ -1,0 +1,67 @@
+"""What bounds a decoding step on this machine: the matrix products at each row count, and attention under
+grouped-query heads with the cache repeated per head (transformers' SDPA path under a mask) or grouped by the
+kernel itself (`enable_gqa`, what the engine's several-token steps use on the CPU).
+
+    PYTHONPATH=src .venv/bin/python benchmarks/engine_parts.py          # about a minute on 2 cores
+
+Shapes are SmolLM2-135M's: hidden 576, 9 query heads over 3 key/value heads of 64, MLP 1536, vocabulary
+49,152, 30 layers. Each figure is the best of a few repetitions.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+F = torch.nn.functional
+SHAPES = {"q/o 576x576": (576, 576), "k/v 192x576": (192, 576), "up/gate 1536x576": (1536, 576),
+          "down 576x1536": (576, 1536), "head 49152x576": (49152, 576)}
+
+
+def best(run, repeats: int = 5) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    peak = 2 * 2048 ** 3 / best(lambda: a @ b) / 1e9
+    print(f"2048x2048 fp32 matmul: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads)\n")
+    print("| rows | " + " | ".join(SHAPES) + " |")
+    print("|---:|" + "---:|" * len(SHAPES))
+    for rows in (1, 8, 32, 64, 128, 256, 1024):
+        cells = []
+        for n, k in SHAPES.values():
+            w, x = torch.randn(n, k), torch.randn(rows, k)
+            cells.append(f"{2 * rows * n * k / best(lambda: F.linear(x, w)) / 1e9:.0f}")
+        print(f"| {rows} | " + " | ".join(cells) + " |")
+    print("\nGFLOP/s of each Linear shape by rows (tokens) at once.\n")
+    batch, heads, groups, dim, width = 32, 9, 3, 64, 400
+    print(f"attention, {batch} rows x {width} cached columns, ms for 30 layers:\n")
+    print("| tokens a row | cache repeated per head | kernel's GQA | same numbers |")
+    print("|---:|---:|---:|---|")
+    for q_len in (1, 2, 4, 9):
+        q = torch.randn(batch, heads, q_len, dim)
+        k, v = torch.randn(batch, groups, width, dim), torch.randn(batch, groups, width, dim)
+        mask = torch.rand(batch, 1, q_len, width) > 0.1
+
+        def repeated() -> torch.Tensor:
+            shape = (batch, groups, heads // groups, width, dim)
+            kk = k[:, :, None].expand(shape).reshape(batch, heads, width, dim)
+            vv = v[:, :, None].expand(shape).reshape(batch, heads, width, dim)
+            return F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
+
+        def grouped() -> torch.Tensor:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+        same = torch.equal(repeated(), grouped())
+        print(f"| {q_len} | {best(repeated) * 30e3:.0f} | {best(grouped) * 30e3:.0f} | {same} |")
+
+
+if __name__ == "__main__":
+    main()
