@@ -11,7 +11,7 @@ from typing import Any
 from llm_adapters.data.templates import TEMPLATES
 from llm_adapters.errors import UserError
 from llm_adapters.eval.extract import RULES
-from llm_adapters.eval.generate import PROTOCOLS
+from llm_adapters.eval.generate import DRAFT_TOKENS, PROTOCOLS
 
 SCORINGS = ("generate", "loglik", "both")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
@@ -36,7 +36,7 @@ class EvalConfig:
     batch_size: int | None = field(default=None, metadata={
         "help": "prompts decoding together (greedy: continuous batching's slots; beam search: prompts per generate "
                 "call); default 32 fast, 1 original"})
-    draft_tokens: int = field(default=8, metadata={
+    draft_tokens: int = field(default=DRAFT_TOKENS, metadata={
         "help": "greedy decoding: the most tokens a prompt drafts from its own text (question and answer so far) for "
                 "one step to verify (prompt-lookup decoding); the answers are those of one token a step, 0 decodes "
                 "one token a step"})

@@ -194,11 +194,11 @@ def _evaluate_task(model: Any, tokenizer: Any, task_data: TaskData, output_dir: 
 
     task, records, config = task_data.task, task_data.records, settings.config
     folder = output_dir / task.name
+    decoding = settings.decode.settings(task)
     identity = {"task": task.name, "task_version": task.version, "data_sha256": task_data.sha256,
                 "template": settings.template, "rules": config.rules, "scoring": config.scoring,
-                **{k: v for k, v in settings.decode.settings(task).items() if k not in SPEED_ONLY}}
-    may_change = {"batch_size": settings.decode.batch_size, "draft_tokens": settings.decode.draft_tokens,
-                  "limit": config.limit}
+                **{k: v for k, v in decoding.items() if k not in SPEED_ONLY}}
+    may_change = {**{k: decoding[k] for k in SPEED_ONLY}, "limit": config.limit}
     plan = rundir.plan(folder, identity, overwrite="different" if config.overwrite else False,
                        may_change=may_change, what="task folder", flag="--output-dir")
     dist.barrier()  # every process has read the folder before the main one changes it

@@ -34,6 +34,7 @@ from llm_adapters.eval.kvcache import SlotCache
 Protocol = Literal["fast", "original"]
 PROTOCOLS: tuple[str, ...] = ("fast", "original")
 SPEED_ONLY = ("batch_size", "draft_tokens")  # decoding settings that change the speed, never the tokens
+DRAFT_TOKENS = 8  # the default most tokens a row drafts for one step
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class DecodeConfig:
     num_beams: int = 1
     use_cache: bool = True
     stop_rules: bool = True
-    draft_tokens: int = 8
+    draft_tokens: int = DRAFT_TOKENS
 
     def __post_init__(self) -> None:
         problems = []
@@ -80,7 +81,7 @@ class DecodeConfig:
 
     @classmethod
     def for_protocol(cls, protocol: Protocol, batch_size: int | None = None, max_new_tokens: int | None = None,
-                     rules: str = "default", draft_tokens: int = 8) -> "DecodeConfig":
+                     rules: str = "default", draft_tokens: int = DRAFT_TOKENS) -> "DecodeConfig":
         """The protocol's settings; `batch_size` defaults to 32 (fast) or 1 (original, as its authors ran it).
 
         The stop rule ends a row once the `default` rules' answer is settled, which is exactly where those rules
@@ -190,6 +191,9 @@ def _left_pad(rows: list[list[int]] | list[tuple[int, ...]], pad_id: int, device
     return input_ids.to(device), mask.to(device)
 
 
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
 def _forward(model: Any, **inputs: Any) -> Any:
     """`model(**inputs)`; on the CPU, several tokens a row under a mask let torch's attention kernel take the
     key/value groups of grouped-query attention itself (`enable_gqa`).
@@ -212,7 +216,6 @@ def _forward(model: Any, **inputs: Any) -> Any:
             os.environ[_FORCE_GQA] = saved
 
 
-_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 _MIN_HEADER = 8  # shared leading tokens worth a pass of their own
 
 

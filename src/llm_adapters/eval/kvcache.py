@@ -151,10 +151,11 @@ class SlotCache(Cache):
             return
         # a stable sort puts each row's masked columns first and its real ones last, each in column order
         index = torch.sort(mask, dim=1, stable=True).indices[:, length - keep:]
+        rows, heads, _, dim = self.layers[0].key_buffer.shape
+        gather = index[:, None, :, None].expand(rows, heads, keep, dim)
         for layer in self.layers:
             for name in ("key_buffer", "value_buffer"):
                 buffer = getattr(layer, name)
-                gather = index[:, None, :, None].expand(buffer.shape[0], buffer.shape[1], keep, buffer.shape[3])
                 buffer[:, :, :keep] = buffer[:, :, :length].gather(2, gather)
             layer.length = keep
             layer._views()
