@@ -33,6 +33,7 @@ from llm_adapters.eval.config import EvalConfig
 from llm_adapters.eval.extract import RULES, extract_answer, is_correct
 from llm_adapters.eval.generate import (SPEED_ONLY, DecodeConfig, Generation, continuation_logliks,
                                         generate_stream, plan_batches, prompt_lengths)
+from llm_adapters.eval.packed import packed_linears
 from llm_adapters.eval.score import PredictionLog, accuracy_summary
 from llm_adapters.files import write_json_atomic, write_text_atomic
 from llm_adapters.provenance import provenance
@@ -351,8 +352,9 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepar
     model_record = {"model": base_name, "adapter": config.adapter, "model_identity": identity,
                     "provenance": provenance(device=str(parameter.device), dtype=dtype_name(parameter.dtype))}
     settings = _Settings(template, decode, config)
-    summaries = {d.task.name: _evaluate_task(model, tokenizer, d, output_dir, settings, model_record,
-                                             trained.get("cutoff_len")) for d in prepared.data}
+    with packed_linears(model):  # the weights packed once for all the tasks (generate_stream would per task)
+        summaries = {d.task.name: _evaluate_task(model, tokenizer, d, output_dir, settings, model_record,
+                                                 trained.get("cutoff_len")) for d in prepared.data}
     table = results_table(output_dir, prepared.skipped)
     if dist.is_main():
         write_text_atomic(output_dir / "results.md", table)
