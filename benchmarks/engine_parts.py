@@ -1,4 +1,5 @@
-"""What bounds a decoding step on this machine: the matrix products at each row count, and attention under
+"""What bounds a decoding step on this machine: the matrix products at each row count (`F.linear`, and oneDNN with
+packed weights as the engine multiplies on the CPU), and attention under
 grouped-query heads with the cache repeated per head (transformers' SDPA path under a mask) or grouped by the
 kernel itself (`enable_gqa`, what the engine's several-token steps use on the CPU).
 
@@ -38,9 +39,14 @@ def main() -> None:
         cells = []
         for n, k in SHAPES.values():
             w, x = torch.randn(n, k), torch.randn(rows, k)
-            cells.append(f"{2 * rows * n * k / best(lambda: F.linear(x, w)) / 1e9:.0f}")
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 32)  # as eval/packed.py packs them
+            flop = 2 * rows * n * k / 1e9
+            plain = flop / best(lambda: F.linear(x, w))
+            onednn = flop / best(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
+            cells.append(f"{plain:.0f} / {onednn:.0f}")
         print(f"| {rows} | " + " | ".join(cells) + " |")
-    print("\nGFLOP/s of each Linear shape by rows (tokens) at once.\n")
+    print("\nGFLOP/s of each Linear shape by rows (tokens) at once: F.linear (MKL) / oneDNN with the weight packed"
+          " (the engine's).\n")
     batch, heads, groups, dim, width = 32, 9, 3, 64, 400
     print(f"attention, {batch} rows x {width} cached columns, ms for 30 layers:\n")
     print("| tokens a row | cache repeated per head | kernel's GQA | same numbers |")

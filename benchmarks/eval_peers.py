@@ -12,6 +12,8 @@ lm-eval lives in its own virtual environment, made once (not by `make test`; no 
 Generation (first N GSM8K + N BoolQ questions, original template, greedy, 256 / 32 new tokens):
   (a) ours: `generate_stream` (continuous batching, batch 32, stop rules, drafts verified: prompt lookup);
   (a0) ours with one token a step (`draft_tokens=0`), to show what the drafts add;
+  (a1) ours with the Linear layers through `F.linear` (MKL) instead of packed oneDNN weights, to show what the
+      packing adds;
   (b) batched `model.generate`: prompts sorted by length, batch 32, left padding, attention mask, KV cache,
       each row to its EOS or the budget (what a careful user writes);
   (c) lm-eval 0.4.x `generate_until` through a local custom task (`lm_eval_peer.py`), batch 32.
@@ -28,6 +30,7 @@ logits are needed; its rate is given as a fraction of the 2048x2048 fp32 matmul 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
@@ -43,6 +46,7 @@ from llm_adapters.data.io import load_task_data, resolve_data_dir
 from llm_adapters.data.tasks import TASKS, Task
 from llm_adapters.data.templates import build_prompt, choice_response, encode_pair
 from llm_adapters.eval.extract import extract_answer
+from llm_adapters.eval import generate as generate_module
 from llm_adapters.eval.generate import (DecodeConfig, _plain_logliks, continuation_logliks, generate_stream,
                                         plan_batches)
 from llm_adapters.models import load_model
@@ -61,21 +65,25 @@ def matmul_rate() -> float:
     return 2 * 2048 ** 3 * 10 / (time.perf_counter() - start) / 1e9
 
 
-def linear_rate(model: Any, rows: int) -> float:
+def linear_rate(model: Any, rows: int, packed: bool = False) -> float:
     """GFLOP/s of the model's own Linear layers (and head) on `rows` rows at a time: the ceiling of a decoding
-    step of `rows` sequences, whatever the engine."""
+    step of `rows` sequences; `F.linear` (MKL), or oneDNN with packed weights as the engine multiplies."""
     shapes = sorted({tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)})
     weights = [torch.randn(shape) for shape in shapes]
     inputs = {shape[1]: torch.randn(rows, shape[1]) for shape in shapes}
     counts = [sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear) and tuple(m.weight.shape) == shape)
               for shape in shapes]
+    multiply = torch.nn.functional.linear
+    if packed:
+        weights = [torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in weights]
+        multiply = lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")  # noqa: E731
     for _ in range(2):
         for w in weights:
-            torch.nn.functional.linear(inputs[w.shape[1]], w)
+            multiply(inputs[w.shape[1]], w)
     start = time.perf_counter()
     for w, count in zip(weights, counts):
         for _ in range(count):
-            torch.nn.functional.linear(inputs[w.shape[1]], w)
+            multiply(inputs[w.shape[1]], w)
     flop = sum(2 * rows * shape[0] * shape[1] * count for shape, count in zip(shapes, counts))
     return flop / (time.perf_counter() - start) / 1e9
 
@@ -92,11 +100,23 @@ def work_gflop(model: Any, tokens: int, logit_rows: int) -> float:
 
 # ------------------------------------------------------------------------------------------- generation
 
+@contextlib.contextmanager
+def unpacked() -> Any:
+    """The engine with its Linear layers left to `F.linear`: nothing packed."""
+    saved = generate_module.packed_linears
+    generate_module.packed_linears = lambda model: contextlib.nullcontext(0)
+    try:
+        yield
+    finally:
+        generate_module.packed_linears = saved
+
+
 def ours_generate(model: Any, tokenizer: Any, task: Task, prompts: list[str], batch_size: int,
-                  draft_tokens: int = 8) -> dict:
+                  draft_tokens: int = 8, packed: bool = True) -> dict:
     config = DecodeConfig.for_protocol("fast", batch_size, draft_tokens=draft_tokens)
     start = time.perf_counter()
-    results = dict(generate_stream(model, tokenizer, prompts, task, config))
+    with contextlib.nullcontext() if packed else unpacked():
+        results = dict(generate_stream(model, tokenizer, prompts, task, config))
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "texts": [results[i].text for i in range(len(prompts))],
             "generated": sum(g.n_tokens for g in results.values())}
@@ -178,12 +198,15 @@ def main() -> None:
 
     if args.only != "loglik":
         tasks = {name: prompts_of(name, args.n_generate) for name in ("gsm8k", "boolq")}
-        runs: dict[str, list[dict]] = {"ours": [], "ours, no drafts": [], "generate": [], "lm-eval": []}
+        runs: dict[str, list[dict]] = {"ours": [], "ours, no drafts": [], "ours, unpacked": [], "generate": [],
+                                       "lm-eval": []}
         for round_ in range(args.rounds):
             runs["ours"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size)
                                  for t, p in tasks.items()})
             runs["ours, no drafts"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size, 0)
                                             for t, p in tasks.items()})
+            runs["ours, unpacked"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size,
+                                                            packed=False) for t, p in tasks.items()})
             runs["generate"].append({t: batched_generate(model, tokenizer, TASKS[t], p, args.batch_size)
                                      for t, p in tasks.items()})
             if args.lm_eval_python:
@@ -218,6 +241,7 @@ def main() -> None:
     rates.append(matmul_rate())
     report["matmul_gflops"] = [round(r, 1) for r in rates]
     report["linear_gflops_at_batch"] = round(linear_rate(model, args.batch_size), 1)
+    report["packed_linear_gflops_at_batch"] = round(linear_rate(model, args.batch_size, packed=True), 1)
     rate = sum(rates) / len(rates)
     for part in ("generation", "loglik"):
         for system in report.get(part, {}).get("systems", {}).values():
@@ -289,7 +313,8 @@ def _loglik_report(model: Any, tokenizer: Any, tasks: dict[str, list[str]], pair
 
 def _print(report: dict, args: argparse.Namespace) -> None:
     print(f"\nmachine: {report['machine']}; 2048x2048 fp32 matmul: {report['matmul_gflops']} GFLOP/s (start, end); "
-          f"the model's Linear layers on {args.batch_size} rows: {report['linear_gflops_at_batch']} GFLOP/s")
+          f"the model's Linear layers on {args.batch_size} rows: {report['linear_gflops_at_batch']} GFLOP/s "
+          f"(F.linear), {report['packed_linear_gflops_at_batch']} (packed, oneDNN)")
     for part in ("generation", "loglik"):
         if part not in report:
             continue

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from llm_adapters.eval import packed as packed_module
-from llm_adapters.eval.packed import packed_linears
+from llm_adapters.eval.generate import continuation_logliks
+from llm_adapters.eval.packed import packed_linears, plain_linears
 from llm_adapters.methods import attach
 from llm_adapters.models import load_model
 from helpers import perturb
@@ -102,3 +103,22 @@ def test_blocks_nest() -> None:
             assert inner == 0
         assert all(m.forward is forwards[m] for m in _linears(model)) and outer == len(forwards)
     assert not any("forward" in m.__dict__ for m in _linears(model))
+
+
+def test_log_likelihoods_keep_f_linear_inside_a_packed_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer = load_model("tiny-llama")
+    pairs = [("Question: is water wet?\nAnswer:", " the correct answer is true"),
+             ("Question: is water wet?\nAnswer:", " the correct answer is false"), ("Q: 2+2?", " 4")]
+    expected = continuation_logliks(model, tokenizer, pairs)
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or real(*a))
+    with packed_linears(model) as count:
+        inside = continuation_logliks(model, tokenizer, pairs)
+        with torch.no_grad(), plain_linears():
+            model(input_ids=IDS)
+        assert not calls
+        with torch.no_grad():
+            model(input_ids=IDS)
+        assert len(calls) == count > 0  # the block's layers are packed again after `plain_linears`
+    assert inside == expected

@@ -13,7 +13,7 @@ Why each piece:
   setting) changes only the speed, so the KV cache stays on unless asked otherwise.
 
 `continuation_logliks` scores fixed continuations instead (lm-eval's loglikelihood), for `--scoring loglik`.
-Both run a CPU model's Linear layers through oneDNN with packed weights (`packed.packed_linears`).
+Generation runs a CPU model's Linear layers through oneDNN with packed weights (`packed.packed_linears`).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from llm_adapters.data.templates import adds_special_tokens, encode_pair
 from llm_adapters.errors import UserError
 from llm_adapters.eval.extract import answer_complete
 from llm_adapters.eval.kvcache import SlotCache
-from llm_adapters.eval.packed import packed_linears
+from llm_adapters.eval.packed import packed_linears, plain_linears
 
 Protocol = Literal["fast", "original"]
 PROTOCOLS: tuple[str, ...] = ("fast", "original")
@@ -541,7 +541,7 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: list[tuple[str, str]
     """
     model.eval()
     encoded = [encode_pair(tokenizer, context, continuation, template) for context, continuation in pairs]
-    with packed_linears(model):
+    with plain_linears():  # F.linear even inside an evaluation's packed block: the values are results
         if _is_prompt_learning(model):
             return _plain_logliks(model, tokenizer, encoded, batch_size)
         return _shared_logliks(model, tokenizer, encoded, batch_size)

@@ -1,4 +1,4 @@
-"""Linear layers through oneDNN with prepacked weights while a CPU model evaluates.
+"""Linear layers through oneDNN with prepacked weights while a CPU model generates.
 
 A decoding step multiplies a few dozen rows (the questions in flight) by every weight matrix. `F.linear` hands
 such skinny products to MKL's sgemm, which on the 2-core CPU runs them at a third to a half of the machine's
@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import torch
 
+_plain_depth = 0  # > 0 inside `plain_linears`: packed layers take F.linear
 _ROWS_HINT = 32  # rows a product usually has in a decoding step: the layout oneDNN picks for the weights
 _MEMORY_SHARE = 4  # the packed copies may take at most this fraction (1/4) of the free memory
 
@@ -39,7 +40,7 @@ def _packed_forward(module: torch.nn.Linear) -> Any:
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         # the packed copy only while it is the weight's current value (an in-place change bumps `_version`)
-        if (x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
+        if (_plain_depth or x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
                 or module.weight is not weight or weight._version != version):
             return torch.nn.functional.linear(x, module.weight, module.bias)
         out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, module.bias, "none", [], "")
@@ -71,3 +72,16 @@ def packed_linears(model: Any) -> Iterator[int]:
     finally:
         for module in modules:
             module.__dict__.pop("forward", None)
+
+
+@contextlib.contextmanager
+def plain_linears() -> Iterator[None]:
+    """Within the block, layers an enclosing `packed_linears` packed multiply through `F.linear` again: for
+    results in their own right (log-likelihoods), which keep the rounding of the plain computation they are
+    compared with, where packing would gain nothing (their products have hundreds of rows)."""
+    global _plain_depth
+    _plain_depth += 1
+    try:
+        yield
+    finally:
+        _plain_depth -= 1
