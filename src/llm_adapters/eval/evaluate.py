@@ -16,6 +16,7 @@ same arguments continues where it stopped and ends with the same files (see `sco
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import time
@@ -352,7 +353,9 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepar
     model_record = {"model": base_name, "adapter": config.adapter, "model_identity": identity,
                     "provenance": provenance(device=str(parameter.device), dtype=dtype_name(parameter.dtype))}
     settings = _Settings(template, decode, config)
-    with packed_linears(model):  # the weights packed once for all the tasks (generate_stream would per task)
+    generates = any(_generates(d.task, config.scoring) for d in prepared.data)
+    # the weights packed once for all the tasks that generate (generate_stream would pack them per task)
+    with packed_linears(model) if generates else contextlib.nullcontext():
         summaries = {d.task.name: _evaluate_task(model, tokenizer, d, output_dir, settings, model_record,
                                                  trained.get("cutoff_len")) for d in prepared.data}
     table = results_table(output_dir, prepared.skipped)

@@ -6,7 +6,7 @@ rate (SmolLM2's 49,152 x 576 head at 32 rows: 59 against 119 GFLOP/s, docs/bench
 weight reordered once into its blocked layout does not. It is the path torch.compile itself takes for fp32
 Linear layers on the CPU when the number of rows varies (`mkldnn._reorder_linear_weight`,
 `mkldnn._linear_pointwise`), taken here without compiling the model. The results differ from `F.linear` only
-in the rounding of fp32 sums (about 1e-6 relative).
+in the rounding of fp32 sums (a few 1e-6 relative).
 """
 from __future__ import annotations
 
