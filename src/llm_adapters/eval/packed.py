@@ -22,6 +22,15 @@ _MEMORY_SHARE = 4  # the packed copies may take at most this fraction (1/4) of t
 
 
 def _free_memory() -> int | None:
+    """Bytes of memory available without swapping: Linux's MemAvailable (free pages and the page cache it can
+    reclaim), else the free pages the system reports, else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not a POSIX system that reports it
