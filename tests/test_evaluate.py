@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,6 +117,30 @@ def test_evaluate_tasks_resumes_after_a_torn_write(tiny: tuple[Any, Any], tmp_pa
     result = evaluate_tasks(model, tokenizer, "boolq", SHARED, tmp_path / "cut", limit=8, batch_size=3, **FAST)
     assert _records(tmp_path / "cut" / "boolq") == _records(tmp_path / "whole" / "boolq")
     assert result["tasks"]["boolq"]["n"] == 8
+
+
+def test_a_task_folder_holding_only_a_killed_first_write_starts_fresh(tiny: tuple[Any, Any], tmp_path: Path
+                                                                      ) -> None:
+    """A kill inside the atomic write of a task folder's first run.json leaves only its temporary file there (seen
+    in the two-process kill test): the folder is still ours and empty, while a foreign file keeps it refused."""
+    model, tokenizer = tiny
+    for name in ("whole", "cut", "foreign"):
+        evaluate_tasks(model, tokenizer, "boolq", SHARED, tmp_path / name, limit=4, **FAST)
+    folder = tmp_path / "cut" / "boolq"
+    shutil.rmtree(folder)  # the output folder is ours; its boolq folder has only the cut-short first write
+    folder.mkdir()
+    (folder / ".run.json.tmp4242").write_text('{"identity": {"base_mo')
+    evaluate_tasks(model, tokenizer, "boolq", SHARED, tmp_path / "cut", limit=4, **FAST)
+    assert _records(folder) == _records(tmp_path / "whole" / "boolq")
+    foreign = tmp_path / "foreign" / "boolq"
+    shutil.rmtree(foreign)
+    foreign.mkdir()
+    (foreign / ".run.json.tmp4242").write_text("{")
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"boolq is not empty and holds no run of ours \(\.run\.json\.tmp4242, "
+                                              r"notes\.txt\)"):
+        evaluate_tasks(model, tokenizer, "boolq", SHARED, tmp_path / "foreign", limit=4, **FAST)
+    assert (foreign / "notes.txt").read_text() == "mine"
 
 
 def test_evaluate_command_resumes_after_kill_9(tmp_path: Path) -> None:

@@ -16,11 +16,16 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
+def partial_write(path: Path) -> bool:
+    """Whether `path` is the temporary file of an atomic write that a kill interrupted (never a finished file)."""
+    return path.name.startswith(".") and path.suffix[:4] == ".tmp" and path.suffix[4:].isdigit()
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write `text` (UTF-8) to `path` through a temporary file and `os.replace`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # partial_write() knows this name
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llm_adapters.errors import OutputExistsError, RunMismatchError, UserError
-from llm_adapters.files import write_json_atomic
+from llm_adapters.files import partial_write, write_json_atomic
 
 RUN_FILE = "run.json"
 Action = Literal["fresh", "resume", "done", "replace"]
@@ -86,7 +86,8 @@ def plan(folder: str | Path, identity: dict[str, Any], *, finished: str | None =
         RunMismatchError: the folder holds a run with another identity (each changed key named).
     """
     folder = Path(folder)
-    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+    # a folder holding only what a kill left of our own atomic writes (its first run.json, say) is empty
+    if not folder.exists() or (folder.is_dir() and all(partial_write(p) for p in folder.iterdir())):
         return Plan("fresh")
     if not folder.is_dir():
         raise OutputExistsError(f"{what} {folder} is a file")
