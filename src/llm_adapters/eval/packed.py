@@ -38,8 +38,8 @@ def _free_memory() -> int | None:
 
 
 def _packable(module: torch.nn.Module) -> bool:
-    weight = module.weight
-    return (type(module) is torch.nn.Linear and weight.dtype == torch.float32 and weight.device.type == "cpu"
+    return (type(module) is torch.nn.Linear and module.weight.dtype == torch.float32
+            and module.weight.device.type == "cpu"
             and "forward" not in module.__dict__)  # a forward already replaced (accelerate's hooks) stays
 
 
@@ -68,7 +68,7 @@ def packed_linears(model: Any) -> Iterator[int]:
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
         yield 0
         return
-    modules = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and _packable(m)]
+    modules = [m for m in model.modules() if _packable(m)]
     free = _free_memory()
     size = sum(m.weight.numel() * m.weight.element_size() for m in modules)
     if not modules or free is None or size * _MEMORY_SHARE > free:
