@@ -41,8 +41,28 @@ def test_packed_logits_match_plain_and_forwards_come_back(name: str, monkeypatch
     assert torch.equal(after, plain)
 
 
+def test_products_of_many_rows_take_f_linear(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = load_model("tiny-llama")
+    model.eval()
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    limit = packed_module._MAX_ROWS
+    at_limit, over = IDS[:1, :1].repeat(2, limit // 2), IDS[:1, :1].repeat(1, limit + 1)  # (2, 256), (1, 513)
+    with torch.no_grad():
+        plain = model(input_ids=over).logits
+        with packed_linears(model) as count:
+            model(input_ids=at_limit)
+            assert calls == [limit] * count  # every layer, through oneDNN
+            calls.clear()
+            inside = model(input_ids=over).logits
+    assert calls == []
+    assert torch.equal(inside, plain)
+
+
 def test_packed_lora_model_matches_plain() -> None:
     model, _ = load_model("tiny-llama")
+    torch.manual_seed(0)  # LoRA's A is drawn from the global generator: the same model every run
     peft_model = attach(model, "lora")
     perturb(peft_model)  # LoRA's B starts at zero: an untouched adapter would test the base model only
     peft_model.eval()
@@ -52,7 +72,8 @@ def test_packed_lora_model_matches_plain() -> None:
             inside = peft_model(input_ids=IDS).logits
     lora_pairs = sum(1 for n, _ in peft_model.named_modules() if n.endswith("lora_A.default"))
     assert lora_pairs > 0 and count == len(_linears(peft_model))
-    torch.testing.assert_close(inside, plain, rtol=1e-5, atol=1e-5)
+    # fp32 rounding through another kernel: up to 1.2e-5 on these logits (|x| <= 0.7) over LoRA seeds 0-7
+    torch.testing.assert_close(inside, plain, rtol=1e-5, atol=5e-5)
 
 
 def test_gradients_take_the_usual_path_inside_the_block() -> None:

@@ -19,6 +19,10 @@ import torch
 _plain_depth = 0  # > 0 inside `plain_linears`: packed layers take F.linear
 _ROWS_HINT = 32  # rows a product usually has in a decoding step: the layout oneDNN picks for the weights
 _MEMORY_SHARE = 4  # the packed copies may take at most this fraction (1/4) of the free memory
+# Products of more rows than this (a prefill) take F.linear: MKL's sgemm catches up with the packed weights near
+# 512 rows and passes them beyond (1,536 rows: 171 against 144 GFLOP/s), and oneDNN builds a kernel for every new
+# row count, which a prefill's row count nearly always is (docs/benchmarks.md).
+_MAX_ROWS = 512
 
 
 def _free_memory() -> int | None:
@@ -49,10 +53,11 @@ def _packed_forward(module: torch.nn.Linear) -> Any:
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         # the packed copy only while it is the weight's current value (an in-place change bumps `_version`)
-        if (_plain_depth or x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
+        rows = x.numel() // x.shape[-1]
+        if (_plain_depth or rows > _MAX_ROWS or x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
                 or module.weight is not weight or weight._version != version):
             return torch.nn.functional.linear(x, module.weight, module.bias)
-        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, module.bias, "none", [], "")
+        out = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]), packed, module.bias, "none", [], "")
         return out.view(*x.shape[:-1], out.shape[-1])
     return forward
 
