@@ -2,7 +2,6 @@
 the original protocol, eval mode, and log-likelihood scoring against an independent computation."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from llm_adapters.eval.generate import (
     generate_stream,
     plan_batches,
 )
-from llm_adapters.eval import generate as generate_module, kvcache
+from llm_adapters.eval import attention, generate as generate_module, kvcache
 from llm_adapters.methods import METHODS, attach
 from llm_adapters.models import TINY_MODELS, load_model
 from helpers import memorise, perturb
@@ -245,23 +244,19 @@ def test_step_width_verifies_drafts_only_when_they_pay() -> None:
     assert generate_module._step_width(drafts, len(drafts)) == max(range(1, 10), key=value)
 
 
-def test_several_tokens_a_row_use_the_kernels_gqa_and_leave_the_environment_as_it_was(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+def test_engine_forwards_run_grouped_attention_and_leave_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
     model, tokenizer = load_model("tiny-llama")
     assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped-query attention
     perturb(model, scale=0.02)
     seen = []
     forward = model.forward
-    model.forward = lambda **inputs: (seen.append(os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")), forward(**inputs))[1]
+    model.forward = lambda **inputs: (seen.append(model.config._attn_implementation), forward(**inputs))[1]
     ids, mask = torch.tensor([[0, 5, 6, 7], [4, 5, 6, 7]]), torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     with torch.no_grad():
         switched = generate_module._forward(model, input_ids=ids, attention_mask=mask).logits
         plain = forward(input_ids=ids, attention_mask=mask).logits
-        generate_module._forward(model, input_ids=ids[:, :1], attention_mask=mask[:, :1])
-    assert seen == ["1", None]  # on for several tokens a row, off for one
-    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
-    assert torch.allclose(switched, plain, atol=1e-6)
+    assert seen == [attention.NAME] and model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(switched, plain, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["prefix", "prompt"])

@@ -18,7 +18,6 @@ Generation runs a CPU model's Linear layers through oneDNN with packed weights (
 from __future__ import annotations
 
 import inspect
-import os
 from dataclasses import dataclass, replace
 from typing import Any, Iterator, Literal
 
@@ -29,6 +28,7 @@ from transformers.cache_utils import DynamicCache
 from llm_adapters.data.tasks import Task
 from llm_adapters.data.templates import adds_special_tokens, encode_pair
 from llm_adapters.errors import UserError
+from llm_adapters.eval.attention import grouped_attention
 from llm_adapters.eval.extract import answer_complete
 from llm_adapters.eval.kvcache import SlotCache
 from llm_adapters.eval.packed import packed_linears, plain_linears
@@ -193,29 +193,11 @@ def _left_pad(rows: list[list[int]] | list[tuple[int, ...]], pad_id: int, device
     return input_ids.to(device), mask.to(device)
 
 
-_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
-
-
 def _forward(model: Any, **inputs: Any) -> Any:
-    """`model(**inputs)`; on the CPU, several tokens a row under a mask let torch's attention kernel take the
-    key/value groups of grouped-query attention itself (`enable_gqa`).
-
-    transformers' SDPA path otherwise repeats every layer's keys/values for each query head: a copy of the whole
-    cache per layer, which on 2 cores took more time than the rest of a 32-row verification step (measured in
-    docs/benchmarks.md); the kernel gives the same numbers. The switch is transformers' own environment variable,
-    set for this call only (on a GPU, a mask with `enable_gqa` would leave the fast kernels, so it stays off).
-    """
-    if inputs["input_ids"].shape[1] == 1 or inputs["input_ids"].device.type != "cpu":
+    """`model(**inputs)`, on the CPU with grouped-query attention reading each key/value head once
+    (`attention.grouped_attention`)."""
+    with grouped_attention(model):
         return model(**inputs)
-    saved = os.environ.get(_FORCE_GQA)
-    os.environ[_FORCE_GQA] = "1"
-    try:
-        return model(**inputs)
-    finally:
-        if saved is None:
-            del os.environ[_FORCE_GQA]
-        else:
-            os.environ[_FORCE_GQA] = saved
 
 
 _MIN_HEADER = 8  # shared leading tokens worth a pass of their own
