@@ -1,7 +1,7 @@
 """Our evaluation engine against the peers a user would pick, on the same model, questions and prompts.
 
     LLM_ADAPTERS_DATA=../shared/datasets PYTHONPATH=src .venv/bin/python benchmarks/eval_peers.py \
-        --lm-eval-python /tmp/lmeval/bin/python            # ~25 min on a quiet 2-core CPU (2 rounds)
+        --lm-eval-python /tmp/lmeval/bin/python            # ~30 min on a quiet 2-core CPU (2 rounds)
 
 lm-eval lives in its own virtual environment, made once (not by `make test`; no hub access needed):
 
@@ -14,6 +14,8 @@ Generation (first N GSM8K + N BoolQ questions, original template, greedy, 256 / 
   (a0) ours with one token a step (`draft_tokens=0`), to show what the drafts add;
   (a1) ours with the Linear layers through `F.linear` (MKL) instead of packed oneDNN weights, to show what the
       packing adds;
+  (a2) ours with transformers' SDPA attention (torch's kernel taking the key/value groups, `enable_gqa`) instead
+      of a group's query heads stacked as rows (`eval/attention.py`), to show what that adds;
   (b) batched `model.generate`: prompts sorted by length, batch 32, left padding, attention mask, KV cache,
       each row to its EOS or the budget (what a careful user writes);
   (c) lm-eval 0.4.x `generate_until` through a local custom task (`lm_eval_peer.py`), batch 32.
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -111,11 +114,37 @@ def unpacked() -> Any:
         generate_module.packed_linears = saved
 
 
+def _kernel_gqa_forward(model: Any, **inputs: Any) -> Any:
+    """The engine's forward before `eval/attention.py`: one token a row takes transformers' own stacking
+    (`pack_gqa`); several take torch's kernel with `enable_gqa` (transformers' TRANSFORMERS_SDPA_FORCE_GQA)."""
+    if inputs["input_ids"].shape[1] == 1:
+        return model(**inputs)
+    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
+    try:
+        return model(**inputs)
+    finally:
+        del os.environ["TRANSFORMERS_SDPA_FORCE_GQA"]
+
+
+@contextlib.contextmanager
+def kernel_gqa() -> Any:
+    """The engine with transformers' SDPA attention instead of `attention.grouped_sdpa`."""
+    saved = generate_module._forward
+    generate_module._forward = _kernel_gqa_forward
+    try:
+        yield
+    finally:
+        generate_module._forward = saved
+
+
+ABLATIONS = {"unpacked": unpacked, "kernel gqa": kernel_gqa}
+
+
 def ours_generate(model: Any, tokenizer: Any, task: Task, prompts: list[str], batch_size: int,
-                  draft_tokens: int = 8, packed: bool = True) -> dict:
+                  draft_tokens: int = 8, ablation: str | None = None) -> dict:
     config = DecodeConfig.for_protocol("fast", batch_size, draft_tokens=draft_tokens)
     start = time.perf_counter()
-    with contextlib.nullcontext() if packed else unpacked():
+    with ABLATIONS[ablation]() if ablation else contextlib.nullcontext():
         results = dict(generate_stream(model, tokenizer, prompts, task, config))
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "texts": [results[i].text for i in range(len(prompts))],
@@ -198,15 +227,16 @@ def main() -> None:
 
     if args.only != "loglik":
         tasks = {name: prompts_of(name, args.n_generate) for name in ("gsm8k", "boolq")}
-        runs: dict[str, list[dict]] = {"ours": [], "ours, no drafts": [], "ours, unpacked": [], "generate": [],
-                                       "lm-eval": []}
+        runs: dict[str, list[dict]] = {"ours": [], "ours, no drafts": [], "ours, unpacked": [],
+                                       "ours, kernel gqa": [], "generate": [], "lm-eval": []}
         for round_ in range(args.rounds):
             runs["ours"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size)
                                  for t, p in tasks.items()})
             runs["ours, no drafts"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size, 0)
                                             for t, p in tasks.items()})
-            runs["ours, unpacked"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size,
-                                                            packed=False) for t, p in tasks.items()})
+            for ablation in ABLATIONS:
+                runs[f"ours, {ablation}"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size,
+                                                                   ablation=ablation) for t, p in tasks.items()})
             runs["generate"].append({t: batched_generate(model, tokenizer, TASKS[t], p, args.batch_size)
                                      for t, p in tasks.items()})
             if args.lm_eval_python:
