@@ -1,7 +1,7 @@
 """What bounds a decoding step on this machine: the matrix products at each row count (`F.linear`, and oneDNN with
-packed weights as the engine multiplies on the CPU), and attention under
-grouped-query heads with the cache repeated per head (transformers' SDPA path under a mask) or grouped by the
-kernel itself (`enable_gqa`, what the engine's several-token steps use on the CPU).
+packed weights as the engine multiplies on the CPU), and attention under grouped-query heads three ways: the
+cache repeated per head (transformers' SDPA path under a mask), grouped by the kernel itself (`enable_gqa`), and a
+group's query heads stacked as rows (`eval/attention.py`, what the engine runs on the CPU).
 
     PYTHONPATH=src .venv/bin/python benchmarks/engine_parts.py          # about a minute on 2 cores
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 
 import torch
+
+from llm_adapters.eval.attention import grouped_sdpa
 
 F = torch.nn.functional
 SHAPES = {"q/o 576x576": (576, 576), "k/v 192x576": (192, 576), "up/gate 1536x576": (1536, 576),
@@ -47,27 +49,36 @@ def main() -> None:
         print(f"| {rows} | " + " | ".join(cells) + " |")
     print("\nGFLOP/s of each Linear shape by rows (tokens) at once: F.linear (MKL) / oneDNN with the weight packed"
           " (the engine's).\n")
-    batch, heads, groups, dim, width = 32, 9, 3, 64, 400
-    print(f"attention, {batch} rows x {width} cached columns, ms for 30 layers:\n")
-    print("| tokens a row | cache repeated per head | kernel's GQA | same numbers |")
-    print("|---:|---:|---:|---|")
+    batch, heads, groups, dim, width, layers = 32, 9, 3, 64, 400, 30
+    print(f"attention, {batch} rows x {width} cached columns, ms for {layers} layers (each its own cache, as in a "
+          f"step):\n")
+    print("| tokens a row | cache repeated per head | kernel's GQA | stacked heads | largest difference |")
+    print("|---:|---:|---:|---:|---:|")
+
+    class Layer:
+        num_key_value_groups = heads // groups
+
     for q_len in (1, 2, 4, 9):
         q = torch.randn(batch, heads, q_len, dim)
-        k, v = torch.randn(batch, groups, width, dim), torch.randn(batch, groups, width, dim)
+        caches = [(torch.randn(batch, groups, width, dim), torch.randn(batch, groups, width, dim))
+                  for _ in range(layers)]
         mask = torch.rand(batch, 1, q_len, width) > 0.1
 
-        def repeated() -> torch.Tensor:
+        def repeated() -> list[torch.Tensor]:
             shape = (batch, groups, heads // groups, width, dim)
-            kk = k[:, :, None].expand(shape).reshape(batch, heads, width, dim)
-            vv = v[:, :, None].expand(shape).reshape(batch, heads, width, dim)
-            return F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
+            return [F.scaled_dot_product_attention(q, k[:, :, None].expand(shape).reshape(batch, heads, width, dim),
+                                                   v[:, :, None].expand(shape).reshape(batch, heads, width, dim),
+                                                   attn_mask=mask) for k, v in caches]
 
-        def grouped() -> torch.Tensor:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        def grouped() -> list[torch.Tensor]:
+            return [F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True) for k, v in caches]
 
-        same = torch.equal(repeated(), grouped())
-        print(f"| {q_len} | {best(repeated) * 30e3:.0f} | {best(grouped) * 30e3:.0f} | {same} |")
+        def stacked() -> list[torch.Tensor]:  # (batch, tokens, heads, dim): transposed back for the comparison
+            return [grouped_sdpa(Layer(), q, k, v, mask)[0].transpose(1, 2) for k, v in caches]
 
+        diff = max(float((a - b).abs().max()) for outs in (grouped(), stacked()) for a, b in zip(outs, repeated()))
+        print(f"| {q_len} | {best(repeated) * 1e3:.0f} | {best(grouped) * 1e3:.0f} | {best(stacked) * 1e3:.0f} "
+              f"| {diff:.1e} |")
 
 if __name__ == "__main__":
     main()
