@@ -13,7 +13,8 @@ Why each piece:
   setting) changes only the speed, so the KV cache stays on unless asked otherwise.
 
 `continuation_logliks` scores fixed continuations instead (lm-eval's loglikelihood), for `--scoring loglik`.
-Generation runs a CPU model's Linear layers through oneDNN with packed weights (`packed.packed_linears`).
+Generation runs a CPU model's Linear layers through oneDNN with packed weights (`packed.packed_linears`); every
+engine forward runs grouped-query attention with each group's query heads stacked (`attention.grouped_attention`).
 """
 from __future__ import annotations
 
