@@ -92,12 +92,17 @@ def test_model_logits_unchanged_the_stacked_path_taken_and_the_setting_restored(
     torch.testing.assert_close(inside, plain, rtol=1e-5, atol=1e-5)
 
 
-def test_eager_models_and_nested_blocks_are_left_as_they_are() -> None:
+def test_eager_and_composite_models_and_nested_blocks_are_left_as_they_are(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     model, _ = load_model("tiny-llama")
     model.config._attn_implementation = "eager"
     with grouped_attention(model) as used:
         assert not used and model.config._attn_implementation == "eager"
     model.config._attn_implementation = "sdpa"
+    with monkeypatch.context() as patch:  # a composite model's config
+        patch.setattr(type(model.config), "sub_configs", property(lambda self: {"vision_config": type(self)}))
+        with grouped_attention(model) as used:
+            assert not used and model.config._attn_implementation == "sdpa"
     with grouped_attention(model) as outer:
         with grouped_attention(model) as inner:
             assert model.config._attn_implementation == attention.NAME

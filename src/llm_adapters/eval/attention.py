@@ -53,11 +53,13 @@ AttentionMaskInterface.register(NAME, sdpa_mask)  # the same boolean masks as tr
 @contextlib.contextmanager
 def grouped_attention(model: Any) -> Iterator[bool]:
     """Within the block, a CPU model that runs transformers' SDPA attention runs `grouped_sdpa` instead; yields
-    whether it does. On a GPU the fused kernels stay (stacking under a mask would leave them)."""
+    whether it does. On a GPU the fused kernels stay (stacking under a mask would leave them); a model made of
+    sub-models (a config with sub-configs) is left as it is."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     device = next(base.parameters()).device
-    if config is None or device.type != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa":
+    if (config is None or device.type != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa"
+            or getattr(config, "sub_configs", None)):  # the setting spreads to sub-models, which may differ
         yield False
         return
     config._attn_implementation = NAME
