@@ -249,6 +249,8 @@ _NGRAM = 3  # the longest tail n-gram looked up for a draft
 # A decoding step's fixed cost, in tokens of work: a step pays for its columns only when the drafts' expected tokens
 # outweigh them. Fitted on the 2-core CPU over the steps of 64 GSM8K questions (SmolLM2, Linear layers packed,
 # 2-438 tokens a step): 73 ms a step plus 3.0 ms a token, so some 24 tokens that every step pays whatever its width.
+# Refitted after the stacked attention (eval/attention.py): 51 ms + 3.1 ms a token, 16 tokens; 16 ran no faster
+# than 24 (97.2 against 95.4 s over two rounds, docs/benchmarks.md), so 24 stays.
 _STEP_COST = 24
 _MEMORY = 8  # tokens over which a row's draft hit rate is averaged (exponentially)
 _PREFILL_GROUP = 8  # prompts prefilled together: neighbours in length order, so that little is padding

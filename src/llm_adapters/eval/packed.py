@@ -52,10 +52,10 @@ def _packed_forward(module: torch.nn.Linear) -> Any:
     version, packed = weight._version, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _ROWS_HINT)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        # the packed copy only while it is the weight's current value (an in-place change bumps `_version`)
         rows = x.numel() // x.shape[-1]
-        if (_plain_depth or rows > _MAX_ROWS or x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
-                or module.weight is not weight or weight._version != version):
+        # the packed copy only while it is the weight's current value (an in-place change bumps `_version`)
+        if (_plain_depth or rows > _MAX_ROWS or x.dtype != torch.float32 or x.device.type != "cpu"
+                or torch.is_grad_enabled() or module.weight is not weight or weight._version != version):
             return torch.nn.functional.linear(x, module.weight, module.bias)
         out = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]), packed, module.bias, "none", [], "")
         return out.view(*x.shape[:-1], out.shape[-1])
