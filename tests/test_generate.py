@@ -227,6 +227,94 @@ def test_row_drafts_what_followed_the_latest_tail_ngram_and_scores_its_guesses()
     assert row.rate > 0.5  # the last guesses (6 after 5) were right
 
 
+CHAR_DIGITS = {ord(str(d)): d for d in range(10)}  # one token per character: the reference is string arithmetic
+
+
+@pytest.mark.parametrize("numbers", [[1, 2], [10, 11], [7, 8, 9], [98, 99], [5, 10, 15], [20, 18, 16]])
+def test_row_drafts_a_numbered_loop_counting_on(numbers: list[int]) -> None:
+    """A loop whose numbers change by a step (through 9 -> 10 and 99 -> 100 too) is drafted with the numbers
+    counting on; without the digits it is drafted as copied."""
+    text = "Go\n" + "".join(f"{n}. ab\n" for n in numbers)
+    step = numbers[-1] - numbers[-2]
+    expected = "".join(f"{numbers[-1] + step * k}. ab\n" for k in (1, 2, 3))
+    row = generate_module._Row(0, [ord(c) for c in text], CHAR_DIGITS)
+    assert "".join(map(chr, row.draft(len(expected)))) == expected
+    copied = generate_module._Row(0, [ord(c) for c in text])
+    assert "".join(map(chr, copied.draft(6))) == f"{numbers[-1]}. ab\n"[:6]
+
+
+def test_row_counts_on_mid_number_and_copies_what_does_not_count() -> None:
+    def draft(text: str, limit: int) -> str:
+        return "".join(map(chr, generate_module._Row(0, [ord(c) for c in text], CHAR_DIGITS).draft(limit)))
+
+    assert draft("Go\n11. ab\n12. ab\n1", 9) == "3. ab\n14."  # the row has written the 1 of 13
+    assert draft("Go\n18. ab\n19. ab\n1", 5) == "9. ab"  # a 1 cannot start 20: copied
+    assert draft("Go\n3. ab\n3. ab\n", 9) == "3. ab\n3. "  # the same number: copied
+    assert draft("Go\n8: ab\n9. ab\n", 5) == "9. ab"  # no earlier number between the same tokens
+    assert draft("Go\n2. ab\n1. ab\n", 6) == "0. ab\n"  # counting down to 0, not below
+    assert draft("Go\n1. ab\n0. ab\n", 5) == "0. ab"
+
+
+def test_numbered_loops_take_fewer_steps_with_counted_drafts_and_the_same_tokens(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiny-llama taught numbered lists: the engine gives what `generate` gives each prompt alone, with the
+    numbers counted on in the drafts and with them copied, and counting takes fewer steps."""
+    model, tokenizer = load_model("tiny-llama")
+    lists = [(f"List {w}:", "".join(f"\n{k}. {w}" for k in range(1, 16))) for w in ("ab", "cd", "ef")]
+    assert memorise(model, tokenizer, [p + r + tokenizer.eos_token for p, r in lists], steps=250) < 0.1
+    monkeypatch.setattr(generate_module, "_STEP_COST", 10_000)  # verify every draft, as a fixed cost this large would
+    prompts = [prompt for prompt, _ in lists]
+    config = DecodeConfig(batch_size=3, max_new_tokens=120, stop_rules=False)
+    reference = _one_by_one(model, tokenizer, prompts, "gsm8k", config)
+    assert [g.text for g in reference] == [response for _, response in lists]  # the lists were learnt
+    forward, steps = generate_module._forward, {}
+
+    def counted(model: Any, **inputs: Any) -> Any:
+        steps[name] = steps.get(name, 0) + 1
+        return forward(model, **inputs)
+
+    monkeypatch.setattr(generate_module, "_forward", counted)
+    for name, digits in (("counted", generate_module.digit_tokens), ("copied", lambda tokenizer: {})):
+        monkeypatch.setattr(generate_module, "digit_tokens", digits)
+        results = dict(generate_stream(model, tokenizer, prompts, TASKS["gsm8k"], config))
+        assert [results[i] for i in range(len(prompts))] == reference
+    assert steps["counted"] < steps["copied"]
+
+
+def test_digit_tokens_are_the_single_digit_tokens_of_the_smollm2_vocabulary(smollm2_tokenizer: Any) -> None:
+    tokenizer = smollm2_tokenizer
+    by_decoding = {i: int(text) for i in range(len(tokenizer)) if len(text := tokenizer.decode([i])) == 1
+                   and text in "0123456789"}
+    assert generate_module.digit_tokens(tokenizer) == by_decoding and len(by_decoding) == 10
+    text = "Steps:\n12. The sisters have 100 signatures.\n13. The sisters have 100 signatures.\n"
+    row = generate_module._Row(0, tokenizer(text)["input_ids"], by_decoding)
+    assert tokenizer.decode(row.draft(11)) == "14. The sisters have 100 signatures"  # 1, 4, ., The, ..., 1, 0, 0
+
+
+def test_prefill_size_is_the_first_group_of_a_cheapest_split() -> None:
+    """Against every split into consecutive groups (brute force), each group costing the fixed cost plus its
+    size times its first (longest) length."""
+    def cost(lengths: list[int], sizes: list[int]) -> int:
+        total, start = 0, 0
+        for size in sizes:
+            total += generate_module._PREFILL_COST + size * lengths[start]
+            start += size
+        return total
+
+    def splits(n: int) -> list[list[int]]:
+        return [[n]] + [[first] + rest for first in range(1, n) for rest in splits(n - first)]
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        n = int(torch.randint(1, 10, (1,), generator=generator))
+        lengths = sorted(torch.randint(5, 200, (n,), generator=generator).tolist(), reverse=True)
+        best = min(cost(lengths, sizes) for sizes in splits(n))
+        size = generate_module._prefill_size(lengths)
+        assert best == min(cost(lengths, sizes) for sizes in splits(n) if sizes[0] == size)
+    assert generate_module._prefill_size([167] + [100] * 7) == 1  # an outlier alone
+    assert generate_module._prefill_size([30] * 32) == 32  # one length: one group
+
+
 def test_step_width_verifies_drafts_only_when_they_pay() -> None:
     cost = generate_module._STEP_COST
     assert generate_module._step_width([([], 0.9)] * 4, 4) == 1  # no drafts

@@ -253,7 +253,9 @@ _NGRAM = 3  # the longest tail n-gram looked up for a draft
 # than 24 (97.2 against 95.4 s over two rounds, docs/benchmarks.md), so 24 stays.
 _STEP_COST = 24
 _MEMORY = 8  # tokens over which a row's draft hit rate is averaged (exponentially)
-_PREFILL_GROUP = 8  # prompts prefilled together: neighbours in length order, so that little is padding
+# A prefill forward's fixed cost, in prompt tokens of work: ~50 ms for reading the weights against ~1.5 ms a prompt
+# token (SmolLM2 on the 2-core CPU, docs/benchmarks.md).
+_PREFILL_COST = 32
 
 
 class _Row:
@@ -262,12 +264,21 @@ class _Row:
     The draft index maps each n-gram of the row's text (prompt and generated tokens, n <= `_NGRAM`) to the
     position after its latest occurrence that has a token after it: small models copy from the question and
     repeat themselves, so what followed the current tail last time is a good guess of what follows now
-    (prompt-lookup decoding). Written by hand: transformers' prompt-lookup generator works on one sequence inside
-    `generate`, not on the rows of a batch that come and go.
+    (prompt-lookup decoding). Their loops are often numbered lists ("12. The sisters have ...\n13. The sisters
+    have ..."), so a copied number that grew by d since the period before is drafted grown by d again. Written
+    by hand: transformers' prompt-lookup generator works on one sequence inside `generate`, not on the rows of a
+    batch that come and go, and copies numbers as they were.
+
+    Args:
+        index: the prompt's index.
+        prompt: its token ids.
+        digits: the tokenizer's single-digit tokens (id -> digit, `digit_tokens`); empty: numbers are copied.
     """
 
-    def __init__(self, index: int, prompt: list[int] | tuple[int, ...]) -> None:
+    def __init__(self, index: int, prompt: list[int] | tuple[int, ...], digits: dict[int, int] | None = None) -> None:
         self.index, self.prompt_length = index, len(prompt)
+        self.digits = digits or {}
+        self.digit_ids = {digit: token for token, digit in self.digits.items()}
         self.tokens: list[int] = []
         self.checked = 0
         self.text = list(prompt)
@@ -290,15 +301,69 @@ class _Row:
         self.guess = self.draft(1)
 
     def draft(self, limit: int) -> list[int]:
-        """Up to `limit` tokens that followed the latest earlier occurrence of the longest tail n-gram, repeated
-        with the period that occurrence implies once they run out (a loop continues as it went)."""
+        """Up to `limit` tokens that followed the latest earlier occurrence of the longest tail n-gram, copied on
+        past the text's end with the period that occurrence implies (a loop continues as it went), its numbers
+        counting on as they did (`_counted`)."""
         text = self.text
         for n in range(min(_NGRAM, len(text)), 0, -1):
-            start = self.follow.get(tuple(text[-n:]))
-            if start is not None:
-                period = len(text) - start
-                return [text[start + i % period] for i in range(limit)]
+            source = self.follow.get(tuple(text[-n:]))
+            if source is not None:
+                out = list(text)
+                while len(out) < len(text) + limit:
+                    counted = self._counted(out, source)
+                    if counted:
+                        out.extend(counted[0])
+                        source = counted[1]
+                    else:
+                        out.append(out[source])
+                        source += 1
+                return out[len(text):len(text) + limit]
         return []
+
+    def _counted(self, out: list[int], source: int) -> tuple[list[int], int] | None:
+        """Where `out[source]` is a digit of a number (a run of digit tokens, complete in `out`) and the latest
+        number before it between the same two tokens (the previous item of a numbered list) differs by d, the
+        digits of the number plus d that `out` does not end with yet, and the position after the copied number;
+        else None."""
+        digits = self.digits
+        if out[source] not in digits:
+            return None
+        first, last = source, source
+        while first > 0 and out[first - 1] in digits:
+            first -= 1
+        while last < len(out) and out[last] in digits:
+            last += 1
+        if first == 0 or last == len(out):
+            return None
+        for end in range(first - 2, 1, -1):  # the earlier number ends just before `end`
+            if out[end] != out[last] or out[end - 1] not in digits:
+                continue
+            start = end - 1
+            while start > 0 and out[start - 1] in digits:
+                start -= 1
+            if start > 0 and out[start - 1] == out[first - 1]:
+                break
+        else:
+            return None
+        number = int("".join(str(digits[t]) for t in out[first:last]))
+        step = number - int("".join(str(digits[t]) for t in out[start:end]))
+        written = out[len(out) - (source - first):]  # the digits of the new number already there
+        counted = str(number + step)
+        if (not step or number + step < 0 or len(counted) <= len(written)
+                or any(t not in digits for t in written)
+                or counted[:len(written)] != "".join(str(digits[t]) for t in written)):
+            return None
+        return [self.digit_ids[int(c)] for c in counted[len(written):]], last
+
+
+def digit_tokens(tokenizer: Any) -> dict[int, int]:
+    """The tokenizer's tokens that are one decimal digit (id -> digit): the numbers a draft can count on."""
+    digits = {}
+    for digit in range(10):
+        token = tokenizer.convert_tokens_to_ids(str(digit))
+        if isinstance(token, int) and tokenizer.decode([token]) == str(digit):
+            digits[token] = digit
+    return digits
 
 
 def _step_width(drafts: list[tuple[list[int], float]], slots: int) -> int:
@@ -312,6 +377,22 @@ def _step_width(drafts: list[tuple[list[int], float]], slots: int) -> int:
         if value > best_value:
             best, best_value = width, value
     return best
+
+
+def _prefill_size(lengths: list[int]) -> int:
+    """How many of the next prompts (their `lengths`, longest first) to prefill together: the first group of
+    the split of all of them into consecutive groups that costs the least work, a group costing a forward's
+    fixed cost plus its rows padded to its first (longest) prompt. An outlier in length goes alone rather than
+    pad its neighbours; prompts of one length go together."""
+    best = [0] + [float("inf")] * len(lengths)  # best[j]: the least work for the last j prompts
+    first = [0] * (len(lengths) + 1)
+    for j in range(1, len(lengths) + 1):
+        start = len(lengths) - j
+        for size in range(1, j + 1):
+            work = _PREFILL_COST + size * lengths[start] + best[j - size]
+            if work < best[j]:
+                best[j], first[j] = work, size
+    return first[len(lengths)]
 
 
 def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list[int], task: Task,
@@ -339,6 +420,7 @@ def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list
     ends = _end_of_text_ids(model, tokenizer)
     budget = config.max_new_tokens or task.max_new_tokens
     use_positions = _forward_accepts(model, "position_ids")
+    digits = digit_tokens(tokenizer)
     last_only = {"logits_to_keep": 1} if _forward_accepts(model, "logits_to_keep") else {}
     queue = list(reversed(order))  # pop() takes the longest left
     slots: list[_Row | None] = []
@@ -362,11 +444,12 @@ def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list
         return output.cache, mask, output.logits[:, -1].argmax(-1)
 
     while True:
-        # Fill the free slots (all of them at the start) from the queue, a few prompts of similar length at a
-        # time; a newcomer done at its first token frees its slot again at once.
+        # Fill the free slots (all of them at the start) from the queue, in the groups of neighbours in length
+        # that cost the least work (`_prefill_size`); a newcomer done at its first token frees its slot again.
         free = [k for k, row in enumerate(slots) if row is None] + list(range(len(slots), config.batch_size))
         while free and queue:
-            take = [queue.pop() for _ in range(min(len(free), len(queue), _PREFILL_GROUP))]
+            size = _prefill_size([len(ids[i]) for i in queue[:-1 - min(len(free), len(queue)):-1]])
+            take = [queue.pop() for _ in range(size)]
             prefilled, mask, chosen = prefill(take)
             if cache is None:
                 if not SlotCache.supports(prefilled):
@@ -377,7 +460,7 @@ def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list
                 free = list(range(cache.rows))
             rows, place = free[:len(take)], []
             for k, (row, index, token) in enumerate(zip(rows, take, chosen.tolist())):
-                entry = _Row(index, ids[index])
+                entry = _Row(index, ids[index], digits)
                 if finished(entry, token):
                     yield index, _finish(tokenizer, entry.tokens, len(entry.tokens), ends)
                 else:
