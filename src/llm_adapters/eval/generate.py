@@ -253,8 +253,8 @@ _NGRAM = 3  # the longest tail n-gram looked up for a draft
 # than 24 (97.2 against 95.4 s over two rounds, docs/benchmarks.md), so 24 stays.
 _STEP_COST = 24
 _MEMORY = 8  # tokens over which a row's draft hit rate is averaged (exponentially)
-# A prefill forward's fixed cost, in prompt tokens of work: ~50 ms for reading the weights against ~1.5 ms a prompt
-# token (SmolLM2 on the 2-core CPU, docs/benchmarks.md).
+# A prefill forward's fixed cost, in prompt tokens of work: 50 ms a forward against 1.6 ms a prompt token (the cost
+# model fitted on the 2-core CPU with SmolLM2, docs/benchmarks.md).
 _PREFILL_COST = 32
 
 
@@ -265,7 +265,7 @@ class _Row:
     position after its latest occurrence that has a token after it: small models copy from the question and
     repeat themselves, so what followed the current tail last time is a good guess of what follows now
     (prompt-lookup decoding). Their loops are often numbered lists ("12. The sisters have ...\n13. The sisters
-    have ..."), so a copied number that grew by d since the period before is drafted grown by d again. Written
+    have ..."), so a copied number that grew by d since the list's previous item is drafted grown by d again. Written
     by hand: transformers' prompt-lookup generator works on one sequence inside `generate`, not on the rows of a
     batch that come and go, and copies numbers as they were.
 
