@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
 
 from llm_adapters.data.tasks import TASKS
 from llm_adapters.data.templates import build_prompt
@@ -286,6 +288,11 @@ def test_digit_tokens_are_the_single_digit_tokens_of_the_smollm2_vocabulary(smol
     by_decoding = {i: int(text) for i in range(len(tokenizer)) if len(text := tokenizer.decode([i])) == 1
                    and text in "0123456789"}
     assert generate_module.digit_tokens(tokenizer) == by_decoding and len(by_decoding) == 10
+    # a vocabulary with one digit: the missing ones map to the unknown token, which is no digit
+    vocabulary = {"<unk>": 0, "a": 1, "7": 2}
+    small = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>")),
+                                    unk_token="<unk>")
+    assert generate_module.digit_tokens(small) == {2: 7}
     text = "Steps:\n12. The sisters have 100 signatures.\n13. The sisters have 100 signatures.\n"
     row = generate_module._Row(0, tokenizer(text)["input_ids"], by_decoding)
     assert tokenizer.decode(row.draft(11)) == "14. The sisters have 100 signatures"  # 1, 4, ., The, ..., 1, 0, 0

@@ -448,7 +448,7 @@ def _greedy_stream(model: Any, tokenizer: Any, ids: list[list[int]], order: list
         # that cost the least work (`_prefill_size`); a newcomer done at its first token frees its slot again.
         free = [k for k, row in enumerate(slots) if row is None] + list(range(len(slots), config.batch_size))
         while free and queue:
-            size = _prefill_size([len(ids[i]) for i in queue[:-1 - min(len(free), len(queue)):-1]])
+            size = _prefill_size([len(ids[i]) for i in reversed(queue[-len(free):])])  # the next len(free)
             take = [queue.pop() for _ in range(size)]
             prefilled, mask, chosen = prefill(take)
             if cache is None:
