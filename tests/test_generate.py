@@ -528,3 +528,48 @@ def test_continuation_logliks_share_the_context_exactly_on_every_architecture(na
     with torch.no_grad():
         expected = [_independent_loglik(model, tokenizer, c, x) for c, x in pairs]
     assert continuation_logliks(model, tokenizer, pairs, batch_size=2) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_continuation_logliks_run_the_labels_shared_tokens_with_the_context(name: str) -> None:
+    """A context's continuations that share leading tokens: labels differing in their last tokens, one that is a
+    prefix of another (each keeps at least its last token of its own) and a lone continuation (all but its last
+    token run with the context), in one batch of contexts, against one unpadded sequence per pair."""
+    model, tokenizer = load_model(name)
+    groups = [["the correct answer is true", "the correct answer is false"],
+              ["the answer", "the answer is x", "the answer is y"],
+              ["only one continuation here"]]
+    pairs = [(prompt, continuation) for prompt, group in zip(PROMPTS, groups) for continuation in group]
+    with torch.no_grad():
+        expected = [_independent_loglik(model, tokenizer, c, x) for c, x in pairs]
+    assert continuation_logliks(model, tokenizer, pairs, batch_size=3) == pytest.approx(expected, abs=1e-4)
+
+
+def test_continuation_logliks_need_one_pass_per_batch_when_labels_differ_in_their_last_token(
+        smollm2_tokenizer: Any) -> None:
+    """With the SmolLM2 tokenizer, "the correct answer is true" and "... false" differ in their last token only:
+    the shared tokens run with the context, so a batch of contexts takes one forward pass (after the template
+    header's), with no pass for the continuations."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from llm_adapters.data.templates import choice_response
+
+    tokenizer = smollm2_tokenizer
+    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    labels = [choice_response(label) for label in ("true", "false")]
+    assert [len(tokenizer(x, add_special_tokens=False)["input_ids"]) for x in labels] == [5, 5]
+    pairs = [(prompt, label) for prompt in PROMPTS for label in labels]
+    passes = []
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: passes.append(1), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            scores = continuation_logliks(model, tokenizer, pairs, batch_size=2)
+    finally:
+        handle.remove()
+    assert len(passes) == 1 + 3  # the header, then 5 contexts in batches of 2
+    with torch.no_grad():
+        expected = [_independent_loglik(model, tokenizer, c, x) for c, x in pairs]
+    assert scores == pytest.approx(expected, abs=1e-4)

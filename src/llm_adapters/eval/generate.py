@@ -597,9 +597,11 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: list[tuple[str, str]
     prompt (tokenised as one text, the original template's trailing spaces would merge with the continuation's
     first word).
 
-    The labels of a question share its whole context, so each context runs once: its keys/values are computed
-    for a batch of contexts, repeated for each of the context's continuations, and only the continuations'
-    tokens run again (lm-eval runs one sequence per question for the same reason). Prompt-learning adapters,
+    The labels of a question share its whole context, so each context runs once, with the leading tokens its
+    continuations share ("the correct answer is"): its keys/values are computed for a batch of contexts,
+    repeated for each of the context's continuations, and only the continuations' own tokens before their last
+    run again; labels that differ in their last token only need no second pass (lm-eval runs one sequence per
+    question for the same reason). Prompt-learning adapters,
     whose virtual tokens PEFT adds inside the forward pass, take the plain path: one sequence per pair.
 
     Args:
@@ -638,20 +640,32 @@ def _shared_context_logliks(model: Any, tokenizer: Any, header: _Header, context
                             continuations: list[list[list[int]]]) -> list[list[float]]:
     """Per context, the log-likelihood of each of its continuations, the context run once (left-padded, so
     every context ends in the same column and the continuations follow it directly; the header that all
-    contexts share run once for all)."""
+    contexts share run once for all).
+
+    The leading tokens that a context's continuations share ("the correct answer is" before each label) run
+    with the context, once, and are scored from its logits; only what follows them runs once per continuation,
+    from the context's repeated cache, and a continuation that differs only in its last token needs no pass of
+    its own: its first differing token is predicted by the context's last position.
+    """
     device = next(model.parameters()).device
-    # only the last position predicts a continuation token
-    last_only = {"logits_to_keep": 1} if _forward_accepts(model, "logits_to_keep") else {}
-    head, mask, positions = header.prefill(model, contexts, tokenizer.pad_token_id, **last_only)
-    first = torch.log_softmax(head.logits[:, -1].float(), dim=-1)  # (contexts, vocab): each continuation's 1st
-    counts = [len(c) for c in continuations]
-    cache = head.cache
-    rows = torch.tensor([row for row, n in enumerate(counts) for _ in range(n)], device=device)
-    cache.batch_select_indices(rows)  # (contexts x their continuations, heads, width, dim)
-    flat = [continuation for group in continuations for continuation in group]
+    shared = [_common_prefix(group) for group in continuations]
+    extended = [tuple(context) + tuple(prefix) for context, prefix in zip(contexts, shared)]
+    keep = 1 + max(len(prefix) for prefix in shared)  # positions whose logits score a token
+    kept = {"logits_to_keep": keep} if _forward_accepts(model, "logits_to_keep") else {}
+    head, mask, positions = header.prefill(model, extended, tokenizer.pad_token_id, **kept)
+    context_log_probs = torch.log_softmax(head.logits[:, -keep:].float(), dim=-1)  # (contexts, keep, vocab)
+    first = context_log_probs[:, -1]  # each continuation's first token after the shared ones
+    base = []  # per context, the log-probability of its shared tokens
+    for row, prefix in enumerate(shared):
+        targets = torch.tensor(prefix, dtype=torch.long, device=device)
+        base.append(context_log_probs[row, keep - 1 - len(prefix):keep - 1].gather(1, targets[:, None]).sum())
+    counts = [len(group) for group in continuations]
+    rows = [row for row, n in enumerate(counts) for _ in range(n)]
+    flat = [continuation[len(shared[row]):] for row, continuation in zip(rows, (c for g in continuations for c in g))]
     tail = max(len(c) for c in flat) - 1  # the last token of a continuation predicts nothing we need
-    results: list[float] = []
     if tail > 0:
+        cache = head.cache
+        cache.batch_select_indices(torch.tensor(rows, device=device))  # (rows, heads, width, dim)
         tail_ids = torch.full((len(flat), tail), tokenizer.pad_token_id, dtype=torch.long, device=device)
         tail_mask = torch.zeros((len(flat), tail), dtype=torch.long, device=device)
         for row, continuation in enumerate(flat):
@@ -664,8 +678,9 @@ def _shared_context_logliks(model: Any, tokenizer: Any, header: _Header, context
         logits = _forward(model, input_ids=tail_ids, attention_mask=full_mask, cache=cache, use_cache=True,
                           **extra).logits
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # (rows, tail, vocab)
-    for row, (context_row, continuation) in enumerate(zip(rows.tolist(), flat)):
-        total = first[context_row, continuation[0]]
+    results: list[float] = []
+    for row, (context_row, continuation) in enumerate(zip(rows, flat)):
+        total = base[context_row] + first[context_row, continuation[0]]
         if len(continuation) > 1:
             targets = torch.tensor(continuation[1:], device=device)
             total = total + log_probs[row, :len(continuation) - 1].gather(1, targets[:, None]).sum()
@@ -675,6 +690,15 @@ def _shared_context_logliks(model: Any, tokenizer: Any, header: _Header, context
         grouped.append(results[offset:offset + n])
         offset += n
     return grouped
+
+
+def _common_prefix(continuations: list[list[int]]) -> list[int]:
+    """The leading tokens all `continuations` share, leaving each at least its last token."""
+    length = 0
+    while (length < min(len(c) for c in continuations) - 1
+           and all(c[length] == continuations[0][length] for c in continuations)):
+        length += 1
+    return continuations[0][:length]
 
 
 def _plain_logliks(model: Any, tokenizer: Any, encoded: list[tuple[list[int], list[int]]], batch_size: int
