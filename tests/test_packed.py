@@ -46,7 +46,8 @@ def test_products_of_many_rows_take_f_linear(monkeypatch: pytest.MonkeyPatch) ->
     model.eval()
     calls = []
     real = torch.ops.mkldnn._linear_pointwise
-    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise",
+                        lambda *a: calls.append(a[0].numel() // a[0].shape[-1]) or real(*a))  # rows
     limit = packed_module._MAX_ROWS
     at_limit, over = IDS[:1, :1].repeat(2, limit // 2), IDS[:1, :1].repeat(1, limit + 1)  # (2, 256), (1, 513)
     with torch.no_grad():
@@ -111,6 +112,18 @@ def test_a_weight_changed_inside_the_block_is_used_as_it_now_is() -> None:
     model.eval()
     with torch.no_grad(), packed_linears(model):
         model.lm_head.weight.mul_(2)  # an optimiser step would change it in place the same way
+        inside = model(input_ids=IDS).logits
+    with torch.no_grad():
+        torch.testing.assert_close(inside, model(input_ids=IDS).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_weight_or_bias_replaced_inside_the_block_is_used() -> None:
+    model, _ = load_model("tiny-opt")  # Linear layers with biases
+    model.eval()
+    first, second = [m for m in _linears(model) if m.bias is not None][-2:]
+    with torch.no_grad(), packed_linears(model):
+        first.bias = torch.nn.Parameter(torch.randn_like(first.bias))  # new tensors, as loading weights makes
+        second.weight = torch.nn.Parameter(second.weight * 2)
         inside = model(input_ids=IDS).logits
     with torch.no_grad():
         torch.testing.assert_close(inside, model(input_ids=IDS).logits, rtol=1e-5, atol=1e-5)

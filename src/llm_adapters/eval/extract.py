@@ -67,9 +67,11 @@ def loop_end(text: str, after: int = 0) -> int | None:
     """
     if after > 0:  # a few new characters: a direct check per end position is cheapest
         for end in range(max(after + 1, _COPIES * _UNIT_MIN), len(text) + 1):
+            last = text[end - 1]
             for p in range(_UNIT_MIN, min(_UNIT_MAX, end // _COPIES) + 1):
-                periodic = text[end - _COPIES * p:end - p] == text[end - (_COPIES - 1) * p:end]
-                if text[end - 1] == text[end - 1 - p] and periodic and _is_loop_unit(text[end - p:end]):
+                if (text[end - 1 - p] == last  # one character first: most periods fail it, and it is cheap
+                        and text[end - _COPIES * p:end - p] == text[end - (_COPIES - 1) * p:end]
+                        and _is_loop_unit(text[end - p:end])):
                     return end
         return None
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
