@@ -19,8 +19,9 @@ Generation (first N GSM8K + N BoolQ questions, original template, greedy, 256 / 
   (b) batched `model.generate`: prompts sorted by length, batch 32, left padding, attention mask, KV cache,
       each row to its EOS or the budget (what a careful user writes);
   (c) lm-eval 0.4.x `generate_until` through a local custom task (`lm_eval_peer.py`), batch 32.
+  `--no-ablations` runs (a), (b) and (c) only: more rounds in the same time, against the machine's noise.
 Log-likelihood (first M BoolQ + M ARC-Easy questions, each label's trained response as a continuation):
-  (a) ours: `continuation_logliks` (each context once, its labels' continuations from its cache);
+  (a) ours: `continuation_logliks` (each context once with its labels' shared tokens, the rest from its cache);
   (b) the plain computation: one sequence per (question, label), the reference the values must match to 1e-4;
   (c) lm-eval `multiple_choice` on the same prompts and continuations.
 The systems run in turn, round after round (a b c a b c), so that load on the machine falls on all of them;
@@ -208,6 +209,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--lm-eval-python", help="python of lm-eval's virtual environment; without it (c) is skipped")
     parser.add_argument("--only", choices=("generate", "loglik"), help="run one half")
+    parser.add_argument("--no-ablations", action="store_true",
+                        help="generation: ours and the peers only (more rounds in the same time)")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
 
@@ -232,9 +235,10 @@ def main() -> None:
         for round_ in range(args.rounds):
             runs["ours"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size)
                                  for t, p in tasks.items()})
-            runs["ours, no drafts"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size, 0)
-                                            for t, p in tasks.items()})
-            for ablation in ABLATIONS:
+            if not args.no_ablations:
+                runs["ours, no drafts"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size, 0)
+                                                for t, p in tasks.items()})
+            for ablation in () if args.no_ablations else ABLATIONS:
                 runs[f"ours, {ablation}"].append({t: ours_generate(model, tokenizer, TASKS[t], p, args.batch_size,
                                                                    ablation=ablation) for t, p in tasks.items()})
             runs["generate"].append({t: batched_generate(model, tokenizer, TASKS[t], p, args.batch_size)
