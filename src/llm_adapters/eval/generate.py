@@ -601,8 +601,8 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: list[tuple[str, str]
     continuations share ("the correct answer is"): its keys/values are computed for a batch of contexts,
     repeated for each of the context's continuations, and only the continuations' own tokens before their last
     run again; labels that differ in their last token only need no second pass (lm-eval runs one sequence per
-    question for the same reason). Prompt-learning adapters,
-    whose virtual tokens PEFT adds inside the forward pass, take the plain path: one sequence per pair.
+    question for the same reason). Prompt-learning adapters, whose virtual tokens PEFT adds inside the forward
+    pass, take the plain path: one sequence per pair.
 
     Args:
         pairs: (context, continuation) strings; pairs with the same context are scored together.
