@@ -389,6 +389,51 @@ def test_slot_cache_moves_every_row_right_for_a_longer_newcomer() -> None:
             assert torch.allclose(logits[row, -1], alone, atol=1e-5)
 
 
+def test_slot_cache_select_moves_only_the_rows_past_the_kept_count_and_keeps_every_row_exact() -> None:
+    """The tail's shrink: rows 0 and 3 of 4 kept, so row 3 moves into idle row 1, and the buffers become views of
+    their first two rows (no copy of the others). The rows' next logits must equal each prompt alone."""
+    model, tokenizer = load_model("tiny-llama")
+    perturb(model, scale=0.02)
+    prompts = [tokenizer(text)["input_ids"] for text in ("a much longer prompt", "ab", "cde", "the last one")]
+    cache = None
+    for row, ids in enumerate(prompts):
+        with torch.no_grad():
+            output = model(input_ids=torch.tensor([ids]), use_cache=True)
+        if cache is None:
+            cache = kvcache.SlotCache(len(output.cache.layers), 4)
+        cache.admit([row], output.cache, torch.ones((1, len(ids)), dtype=torch.long))
+    buffer = cache.layers[0].key_buffer
+    assert cache.select([0, 3]) == [0, 3]
+    assert cache.rows == 2 and cache.layers[0].key_buffer.data_ptr() == buffer.data_ptr()
+    assert cache.layers[0].key_buffer.shape[0] == cache.mask.shape[0] == 2
+    kept = [prompts[0], prompts[3]]
+    step = torch.tensor([[7], [9]])
+    positions = torch.tensor([[len(ids)] for ids in kept])
+    with torch.no_grad():
+        logits = model(input_ids=step, attention_mask=cache.step_mask(), cache=cache, position_ids=positions).logits
+        for row, ids in enumerate(kept):
+            alone = model(input_ids=torch.tensor([ids + [int(step[row])]])).logits[0, -1]
+            assert torch.allclose(logits[row, -1], alone, atol=1e-5)
+    assert cache.select([1]) == [1] and cache.rows == 1  # the survivor moves into row 0
+
+
+def test_text_decoder_gives_the_tokenizers_own_decode(smollm2_tokenizer: Any) -> None:
+    """The stop rule's decoder must read what `tokenizer.decode` (the final text) reads: special tokens skipped,
+    bytes of one character split across tokens, and a tokenizer that cleans up its spaces."""
+    tokenizer = smollm2_tokenizer
+    decode = generate_module.text_decoder(tokenizer)
+    generator = torch.Generator().manual_seed(0)
+    texts = ["The answer is 42.\n", "Größe: 3 × 4 = 12 ✓", "true</s>"]
+    rows = [tokenizer(t)["input_ids"] for t in texts] + [[tokenizer.eos_token_id, 1, 2]]
+    rows += [torch.randint(len(tokenizer), (n,), generator=generator).tolist() for n in (1, 5, 40, 200)]
+    for ids in rows + [ids[:k] for ids in rows for k in range(len(ids))]:  # prefixes: a character cut in half
+        assert decode(ids) == tokenizer.decode(ids, skip_special_tokens=True)
+    vocabulary = {"<unk>": 0, "a": 1, ".": 2}
+    cleaning = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>")),
+                                       unk_token="<unk>", clean_up_tokenization_spaces=True)
+    assert generate_module.text_decoder(cleaning)([1, 2]) == cleaning.decode([1, 2]) == "a."
+
+
 def test_generate_batch_original_rules_get_the_full_generation(scripted: tuple[Any, Any]) -> None:
     """The original rules read the whole response (its last number): under them the stop rule must not cut it."""
     model, tokenizer = scripted

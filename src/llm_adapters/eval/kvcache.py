@@ -133,13 +133,28 @@ class SlotCache(Cache):
         reject = columns[None, :] >= torch.tensor(counts, device=self.mask.device)[:, None]
         self.mask[:, self.length - width:self.length][reject] = 0
 
-    def select(self, rows: list[int]) -> None:
-        """Keep only `rows`, in that order (one copy: done when most rows are idle)."""
-        index = torch.tensor(rows, device=self.mask.device)
+    def select(self, rows: list[int]) -> list[int]:
+        """Keep only `rows` (n of them, done when most rows are idle): the kept rows past the first n move into
+        the first n rows' idle places (one copy of the moved rows alone), and the buffers become views of their
+        first n rows. Returns which of the old rows each new row holds."""
+        n, kept = len(rows), set(rows)
+        held = [k if k in kept else -1 for k in range(n)]
+        moved = [k for k in rows if k >= n]
+        into = [k for k in range(n) if held[k] < 0]
+        for target, source in zip(into, moved):
+            held[target] = source
+        if moved:
+            target, source = (torch.tensor(x, device=self.mask.device) for x in (into, moved))
+            for layer in self.layers:
+                layer.key_buffer[target] = layer.key_buffer[source]
+                layer.value_buffer[target] = layer.value_buffer[source]
+            self.mask[target] = self.mask[source]
         for layer in self.layers:
-            layer.batch_select_indices(index)
-        self.mask = self.mask[index]
-        self.rows = len(rows)
+            layer.key_buffer, layer.value_buffer = layer.key_buffer[:n], layer.value_buffer[:n]
+            layer._views()
+        self.mask = self.mask[:n]
+        self.rows = n
+        return held
 
     def compact(self, live: list[int]) -> None:
         """Move each row's real columns to the end, in order, dropping the columns that no row in `live` uses,
