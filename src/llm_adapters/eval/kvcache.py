@@ -134,9 +134,9 @@ class SlotCache(Cache):
         self.mask[:, self.length - width:self.length][reject] = 0
 
     def select(self, rows: list[int]) -> list[int]:
-        """Keep only `rows` (n of them, done when most rows are idle): the kept rows past the first n move into
-        the first n rows' idle places (one copy of the moved rows alone), and the buffers become views of their
-        first n rows. Returns which of the old rows each new row holds."""
+        """Keep only `rows` (n of them): the kept rows past the first n move into the first n rows' idle places
+        (one copy of the moved rows alone), and the buffers become views of their first n rows (the rest of the
+        storage is freed when a buffer next grows). Returns which of the old rows each new row holds."""
         n, kept = len(rows), set(rows)
         held = [k if k in kept else -1 for k in range(n)]
         moved = [k for k in rows if k >= n]
