@@ -67,11 +67,6 @@ class SlotLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length
 
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.key_buffer = self.key_buffer[indices]
-        self.value_buffer = self.value_buffer[indices]
-        self._views()
-
 
 class SlotCache(Cache):
     """Keys/values and attention mask of `rows` batch rows that prompts take in turn.
