@@ -91,12 +91,14 @@ def test_sharded_evaluation_equals_one_process_and_a_killed_one_finishes_with_an
         time.sleep(0.05)
     # The whole job, as a scheduler kills it: torchrun starts its workers in sessions of their own, so killing the
     # launcher's process group left them answering on, racing the run below (a flaky failure, 2026-12-04).
-    job = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    launcher = psutil.Process(process.pid)
+    job = [launcher, *launcher.children(recursive=True)]
     assert len(job) >= 4, job  # this command, torchrun, two workers
     for member in job:
         member.kill()
     _, alive = psutil.wait_procs(job, timeout=60)
     assert not alive, alive
+    process.wait()  # already reaped: sets the Popen's return code
     assert not (killed / "gsm8k" / "summary.json").exists(), "killed mid-task"
     assert main([*EVAL, "--output-dir", str(killed)]) == 0
     for task in ("gsm8k", "boolq"):
