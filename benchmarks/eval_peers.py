@@ -52,9 +52,10 @@ from llm_adapters.data.io import load_task_data, resolve_data_dir
 from llm_adapters.data.tasks import TASKS, Task
 from llm_adapters.data.templates import build_prompt, choice_response, encode_pair
 from llm_adapters.eval.extract import extract_answer
-from llm_adapters.eval import generate as generate_module
-from llm_adapters.eval.generate import (DecodeConfig, _plain_logliks, continuation_logliks, generate_stream,
-                                        plan_batches)
+from llm_adapters.eval import forward as forward_module, stream as stream_module
+from llm_adapters.eval.decoding import DecodeConfig, plan_batches
+from llm_adapters.eval.loglik import _plain_logliks, continuation_logliks
+from llm_adapters.eval.stream import generate_stream
 from llm_adapters.models import load_model
 
 HERE = Path(__file__).resolve().parent
@@ -109,12 +110,12 @@ def work_gflop(model: Any, tokens: int, logit_rows: int) -> float:
 @contextlib.contextmanager
 def unpacked() -> Any:
     """The engine with its Linear layers left to `F.linear`: nothing packed."""
-    saved = generate_module.packed_linears
-    generate_module.packed_linears = lambda model: contextlib.nullcontext(0)
+    saved = stream_module.packed_linears
+    stream_module.packed_linears = lambda model: contextlib.nullcontext(0)
     try:
         yield
     finally:
-        generate_module.packed_linears = saved
+        stream_module.packed_linears = saved
 
 
 def _kernel_gqa_forward(model: Any, **inputs: Any) -> Any:
@@ -132,12 +133,12 @@ def _kernel_gqa_forward(model: Any, **inputs: Any) -> Any:
 @contextlib.contextmanager
 def kernel_gqa() -> Any:
     """The engine with transformers' SDPA attention instead of `attention.grouped_sdpa`."""
-    saved = generate_module._forward
-    generate_module._forward = _kernel_gqa_forward
+    saved = forward_module.model_forward  # the prefill's (forward.Header) and the steps' (stream)
+    forward_module.model_forward = stream_module.model_forward = _kernel_gqa_forward
     try:
         yield
     finally:
-        generate_module._forward = saved
+        forward_module.model_forward = stream_module.model_forward = saved
 
 
 ABLATIONS = {"unpacked": unpacked, "kernel gqa": kernel_gqa}
@@ -159,7 +160,7 @@ def ours_round(model: Any, tokenizer: Any, tasks: dict[str, list[str]], batch_si
     counted as the round's "packing" (`generate_stream` alone packs them per call)."""
     with ABLATIONS[ablation]() if ablation else contextlib.nullcontext():
         start = time.perf_counter()
-        with generate_module.packed_linears(model):
+        with stream_module.packed_linears(model):
             packing = time.perf_counter() - start
             results = {t: ours_generate(model, tokenizer, TASKS[t], p, batch_size, draft_tokens)
                        for t, p in tasks.items()}

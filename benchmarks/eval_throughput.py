@@ -27,7 +27,8 @@ from llm_adapters.data.io import load_task_data
 from llm_adapters.data.tasks import TASKS, Task
 from llm_adapters.data.templates import build_prompt
 from llm_adapters.eval.extract import extract_answer, is_correct
-from llm_adapters.eval.generate import DecodeConfig, generate_batch, plan_batches, prompt_lengths
+from llm_adapters.eval.decoding import DecodeConfig, plan_batches, prompt_lengths
+from llm_adapters.eval.stream import generate_batch
 from llm_adapters.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,16 +12,12 @@ from transformers import PreTrainedTokenizerFast
 from llm_adapters.data.tasks import TASKS
 from llm_adapters.data.templates import build_prompt
 from llm_adapters.eval.extract import extract_answer
-from llm_adapters.eval.generate import (
-    AnswerStop,
-    _hf_generate,
-    DecodeConfig,
-    continuation_logliks,
-    generate_batch,
-    generate_stream,
-    plan_batches,
-)
-from llm_adapters.eval import attention, generate as generate_module, kvcache
+from llm_adapters.eval import attention, kvcache
+from llm_adapters.eval import decoding, forward as forward_module, stream as stream_module
+from llm_adapters.eval.decoding import DecodeConfig, plan_batches
+from llm_adapters.eval.hf_generate import AnswerStop, hf_generate
+from llm_adapters.eval.loglik import continuation_logliks
+from llm_adapters.eval.stream import generate_batch, generate_stream
 from llm_adapters.methods import METHODS, attach
 from llm_adapters.models import TINY_MODELS, load_model
 from helpers import memorise, perturb
@@ -51,7 +47,7 @@ def _one_by_one(model: Any, tokenizer: Any, prompts: list[str], task: str, confi
     """The reference: each prompt alone through transformers' own `generate` loop (with the stop rule as a
     StoppingCriteria), not through our pruned greedy loop."""
     model.eval()
-    return [_hf_generate(model, tokenizer, tokenizer([prompt], return_tensors="pt"), TASKS[task], config)[0]
+    return [hf_generate(model, tokenizer, tokenizer([prompt], return_tensors="pt"), TASKS[task], config)[0]
             for prompt in prompts]
 
 
@@ -155,7 +151,7 @@ def test_generate_stream_continuous_batching_equals_one_by_one(name: str, slots:
 
     monkeypatch.setattr(kvcache.SlotCache, "compact", watched)
     steps = _watch_drafts(monkeypatch)
-    monkeypatch.setattr(generate_module, "_STEP_COST", 10_000)  # verify every draft, as a fixed cost this large would
+    monkeypatch.setattr(stream_module, "_STEP_COST", 10_000)  # verify every draft, as a fixed cost this large would
     model, tokenizer = load_model(name)
     if name in VARIED:
         perturb(model, scale=VARIED[name])
@@ -216,12 +212,12 @@ def test_row_drafts_what_followed_the_latest_tail_ngram_and_scores_its_guesses()
     generator = torch.Generator().manual_seed(0)
     for trial in range(200):
         prompt = torch.randint(0, 4, (int(torch.randint(1, 12, (1,), generator=generator)),), generator=generator)
-        row = generate_module._Row(trial, prompt.tolist())
+        row = stream_module._Row(trial, prompt.tolist())
         for token in torch.randint(0, 4, (6,), generator=generator).tolist():
             assert row.draft(5) == _draft_by_search(row.text, 5)
             row.append(token)
         assert row.tokens == row.text[len(prompt):] and row.prompt_length == len(prompt)
-    row = generate_module._Row(0, [5, 6, 7])
+    row = stream_module._Row(0, [5, 6, 7])
     assert row.draft(4) == []  # nothing repeats yet
     for token in [5, 6, 7, 5, 6]:
         row.append(token)
@@ -239,15 +235,15 @@ def test_row_drafts_a_numbered_loop_counting_on(numbers: list[int]) -> None:
     text = "Go\n" + "".join(f"{n}. ab\n" for n in numbers)
     step = numbers[-1] - numbers[-2]
     expected = "".join(f"{numbers[-1] + step * k}. ab\n" for k in (1, 2, 3))
-    row = generate_module._Row(0, [ord(c) for c in text], CHAR_DIGITS)
+    row = stream_module._Row(0, [ord(c) for c in text], CHAR_DIGITS)
     assert "".join(map(chr, row.draft(len(expected)))) == expected
-    copied = generate_module._Row(0, [ord(c) for c in text])
+    copied = stream_module._Row(0, [ord(c) for c in text])
     assert "".join(map(chr, copied.draft(6))) == f"{numbers[-1]}. ab\n"[:6]
 
 
 def test_row_counts_on_mid_number_and_copies_what_does_not_count() -> None:
     def draft(text: str, limit: int) -> str:
-        return "".join(map(chr, generate_module._Row(0, [ord(c) for c in text], CHAR_DIGITS).draft(limit)))
+        return "".join(map(chr, stream_module._Row(0, [ord(c) for c in text], CHAR_DIGITS).draft(limit)))
 
     assert draft("Go\n11. ab\n12. ab\n1", 9) == "3. ab\n14."  # the row has written the 1 of 13
     assert draft("Go\n18. ab\n19. ab\n1", 5) == "9. ab"  # a 1 cannot start 20: copied
@@ -264,20 +260,20 @@ def test_numbered_loops_take_fewer_steps_with_counted_drafts_and_the_same_tokens
     model, tokenizer = load_model("tiny-llama")
     lists = [(f"List {w}:", "".join(f"\n{k}. {w}" for k in range(1, 16))) for w in ("ab", "cd", "ef")]
     assert memorise(model, tokenizer, [p + r + tokenizer.eos_token for p, r in lists], steps=250) < 0.1
-    monkeypatch.setattr(generate_module, "_STEP_COST", 10_000)  # verify every draft, as a fixed cost this large would
+    monkeypatch.setattr(stream_module, "_STEP_COST", 10_000)  # verify every draft, as a fixed cost this large would
     prompts = [prompt for prompt, _ in lists]
     config = DecodeConfig(batch_size=3, max_new_tokens=120, stop_rules=False)
     reference = _one_by_one(model, tokenizer, prompts, "gsm8k", config)
     assert [g.text for g in reference] == [response for _, response in lists]  # the lists were learnt
-    forward, steps = generate_module._forward, {}
+    forward, steps = stream_module.model_forward, {}
 
     def counted(model: Any, **inputs: Any) -> Any:
         steps[name] = steps.get(name, 0) + 1
         return forward(model, **inputs)
 
-    monkeypatch.setattr(generate_module, "_forward", counted)
-    for name, digits in (("counted", generate_module.digit_tokens), ("copied", lambda tokenizer: {})):
-        monkeypatch.setattr(generate_module, "digit_tokens", digits)
+    monkeypatch.setattr(stream_module, "model_forward", counted)
+    for name, digits in (("counted", stream_module.digit_tokens), ("copied", lambda tokenizer: {})):
+        monkeypatch.setattr(stream_module, "digit_tokens", digits)
         results = dict(generate_stream(model, tokenizer, prompts, TASKS["gsm8k"], config))
         assert [results[i] for i in range(len(prompts))] == reference
     assert steps["counted"] < steps["copied"]
@@ -287,14 +283,14 @@ def test_digit_tokens_are_the_single_digit_tokens_of_the_smollm2_vocabulary(smol
     tokenizer = smollm2_tokenizer
     by_decoding = {i: int(text) for i in range(len(tokenizer)) if len(text := tokenizer.decode([i])) == 1
                    and text in "0123456789"}
-    assert generate_module.digit_tokens(tokenizer) == by_decoding and len(by_decoding) == 10
+    assert stream_module.digit_tokens(tokenizer) == by_decoding and len(by_decoding) == 10
     # a vocabulary with one digit: the missing ones map to the unknown token, which is no digit
     vocabulary = {"<unk>": 0, "a": 1, "7": 2}
     small = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>")),
                                     unk_token="<unk>")
-    assert generate_module.digit_tokens(small) == {2: 7}
+    assert stream_module.digit_tokens(small) == {2: 7}
     text = "Steps:\n12. The sisters have 100 signatures.\n13. The sisters have 100 signatures.\n"
-    row = generate_module._Row(0, tokenizer(text)["input_ids"], by_decoding)
+    row = stream_module._Row(0, tokenizer(text)["input_ids"], by_decoding)
     assert tokenizer.decode(row.draft(11)) == "14. The sisters have 100 signatures"  # 1, 4, ., The, ..., 1, 0, 0
 
 
@@ -304,7 +300,7 @@ def test_prefill_size_is_the_first_group_of_a_cheapest_split() -> None:
     def cost(lengths: list[int], sizes: list[int]) -> int:
         total, start = 0, 0
         for size in sizes:
-            total += generate_module._PREFILL_COST + size * lengths[start]
+            total += stream_module._PREFILL_COST + size * lengths[start]
             start += size
         return total
 
@@ -316,19 +312,19 @@ def test_prefill_size_is_the_first_group_of_a_cheapest_split() -> None:
         n = int(torch.randint(1, 10, (1,), generator=generator))
         lengths = sorted(torch.randint(5, 200, (n,), generator=generator).tolist(), reverse=True)
         best = min(cost(lengths, sizes) for sizes in splits(n))
-        size = generate_module._prefill_size(lengths)
+        size = stream_module._prefill_size(lengths)
         assert best == min(cost(lengths, sizes) for sizes in splits(n) if sizes[0] == size)
-    assert generate_module._prefill_size([167] + [100] * 7) == 1  # an outlier alone
-    assert generate_module._prefill_size([30] * 32) == 32  # one length: one group
+    assert stream_module._prefill_size([167] + [100] * 7) == 1  # an outlier alone
+    assert stream_module._prefill_size([30] * 32) == 32  # one length: one group
 
 
 def test_step_width_verifies_drafts_only_when_they_pay() -> None:
-    cost = generate_module._STEP_COST
-    assert generate_module._step_width([([], 0.9)] * 4, 4) == 1  # no drafts
-    assert generate_module._step_width([([1] * 8, 1.0)] * 4, 4) == 9  # certain drafts, a step costs more than 36
-    assert generate_module._step_width([([1] * 8, 0.05)] * 32, 32) == 1  # poor guesses
+    cost = stream_module._STEP_COST
+    assert stream_module._step_width([([], 0.9)] * 4, 4) == 1  # no drafts
+    assert stream_module._step_width([([1] * 8, 1.0)] * 4, 4) == 9  # certain drafts, a step costs more than 36
+    assert stream_module._step_width([([1] * 8, 0.05)] * 32, 32) == 1  # poor guesses
     # one row with a sure draft among many rows without: its columns would cost every row
-    assert generate_module._step_width([([1] * 8, 1.0)] + [([], 0.5)] * (cost * 2), cost * 2) == 1
+    assert stream_module._step_width([([1] * 8, 1.0)] + [([], 0.5)] * (cost * 2), cost * 2) == 1
     # the chosen width maximises expected tokens per unit of work (checked against every width)
     drafts = [([1] * 8, 0.9), ([1] * 3, 0.6), ([], 0.5), ([1] * 5, 0.8)]
 
@@ -336,7 +332,7 @@ def test_step_width_verifies_drafts_only_when_they_pay() -> None:
         tokens = sum(1 + sum(p ** i for i in range(1, min(len(d), width - 1) + 1)) for d, p in drafts)
         return tokens / (cost + len(drafts) * width)
 
-    assert generate_module._step_width(drafts, len(drafts)) == max(range(1, 10), key=value)
+    assert stream_module._step_width(drafts, len(drafts)) == max(range(1, 10), key=value)
 
 
 def test_engine_forwards_run_grouped_attention_and_leave_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -348,7 +344,7 @@ def test_engine_forwards_run_grouped_attention_and_leave_the_model_as_it_was(mon
     model.forward = lambda **inputs: (seen.append(model.config._attn_implementation), forward(**inputs))[1]
     ids, mask = torch.tensor([[0, 5, 6, 7], [4, 5, 6, 7]]), torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     with torch.no_grad():
-        switched = generate_module._forward(model, input_ids=ids, attention_mask=mask).logits
+        switched = forward_module.model_forward(model, input_ids=ids, attention_mask=mask).logits
         plain = forward(input_ids=ids, attention_mask=mask).logits
     assert seen == [attention.NAME] and model.config._attn_implementation == "sdpa"
     torch.testing.assert_close(switched, plain, rtol=1e-5, atol=1e-6)
@@ -421,7 +417,7 @@ def test_text_decoder_gives_the_tokenizers_own_decode(smollm2_tokenizer: Any) ->
     """The stop rule's decoder must read what `tokenizer.decode` (the final text) reads: special tokens skipped,
     bytes of one character split across tokens, and a tokenizer that cleans up its spaces."""
     tokenizer = smollm2_tokenizer
-    decode = generate_module.text_decoder(tokenizer)
+    decode = decoding.text_decoder(tokenizer)
     generator = torch.Generator().manual_seed(0)
     texts = ["The answer is 42.\n", "Größe: 3 × 4 = 12 ✓", "true</s>"]
     rows = [tokenizer(t)["input_ids"] for t in texts] + [[tokenizer.eos_token_id, 1, 2]]
@@ -431,7 +427,7 @@ def test_text_decoder_gives_the_tokenizers_own_decode(smollm2_tokenizer: Any) ->
     vocabulary = {"<unk>": 0, "a": 1, ".": 2}
     cleaning = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>")),
                                        unk_token="<unk>", clean_up_tokenization_spaces=True)
-    assert generate_module.text_decoder(cleaning)([1, 2]) == cleaning.decode([1, 2]) == "a."
+    assert decoding.text_decoder(cleaning)([1, 2]) == cleaning.decode([1, 2]) == "a."
 
 
 def test_generate_batch_original_rules_get_the_full_generation(scripted: tuple[Any, Any]) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llm_adapters.eval import packed as packed_module
-from llm_adapters.eval.generate import continuation_logliks
+from llm_adapters.eval.loglik import continuation_logliks
 from llm_adapters.eval.packed import packed_linears, plain_linears
 from llm_adapters.methods import attach
 from llm_adapters.models import load_model

@@ -12,7 +12,7 @@ from llm_adapters.data.io import load_task_data
 from llm_adapters.data.tasks import TASKS
 from llm_adapters.data.templates import build_prompt
 from llm_adapters.eval.extract import extract_answer
-from llm_adapters.eval.generate import DecodeConfig, generate_batch
+from llm_adapters.eval import DecodeConfig, generate_batch
 from llm_adapters.methods import attach
 from llm_adapters.models import load_model
 from shared_data import LLM_ADAPTERS_DATA

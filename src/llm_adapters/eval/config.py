@@ -11,7 +11,7 @@ from typing import Any
 from llm_adapters.data.templates import TEMPLATES
 from llm_adapters.errors import UserError
 from llm_adapters.eval.extract import RULES
-from llm_adapters.eval.generate import DRAFT_TOKENS, PROTOCOLS
+from llm_adapters.eval.decoding import DRAFT_TOKENS, PROTOCOLS
 
 SCORINGS = ("generate", "loglik", "both")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")

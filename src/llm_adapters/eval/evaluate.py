@@ -32,8 +32,9 @@ from llm_adapters.data.templates import build_prompt, choice_response
 from llm_adapters.errors import MissingInputError
 from llm_adapters.eval.config import EvalConfig
 from llm_adapters.eval.extract import RULES, extract_answer, is_correct
-from llm_adapters.eval.generate import (SPEED_ONLY, DecodeConfig, Generation, continuation_logliks,
-                                        generate_stream, plan_batches, prompt_lengths)
+from llm_adapters.eval.decoding import SPEED_ONLY, DecodeConfig, Generation, plan_batches, prompt_lengths
+from llm_adapters.eval.loglik import continuation_logliks
+from llm_adapters.eval.stream import generate_stream
 from llm_adapters.eval.packed import packed_linears
 from llm_adapters.eval.score import PredictionLog, accuracy_summary
 from llm_adapters.files import write_json_atomic, write_text_atomic

@@ -113,7 +113,7 @@ def _calibrate(study: StudySpec, notes: list[str]) -> dict[str, float] | None:
     batch of generation. An estimate: methods, prompt lengths and answers differ."""
     import torch
 
-    from llm_adapters.eval.generate import DecodeConfig, generate_batch
+    from llm_adapters.eval import DecodeConfig, generate_batch
     from llm_adapters.data.tasks import TASKS
     from llm_adapters.methods import attach
     from llm_adapters.models import load_model
