@@ -137,7 +137,7 @@ def test_a_task_folder_holding_only_a_killed_first_write_starts_fresh(tiny: tupl
     foreign.mkdir()
     (foreign / ".run.json.tmp4242").write_text("{")
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match=r"boolq is not empty and holds no run of ours \(\.run\.json\.tmp4242, "
+    with pytest.raises(FileExistsError, match=r"boolq is not empty and holds files that are not ours \(\.run\.json\.tmp4242, "
                                               r"notes\.txt\)"):
         evaluate_tasks(model, tokenizer, "boolq", SHARED, tmp_path / "foreign", limit=4, **FAST)
     assert (foreign / "notes.txt").read_text() == "mine"

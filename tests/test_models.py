@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llm_adapters.files import sha256_file
+
 from llm_adapters.methods import attach
 from llm_adapters.models import META_PRESETS, TINY_MODELS, base_identity, load_model, resolve_device, resolve_dtype
 
@@ -56,21 +58,34 @@ def test_load_model_bad_device_or_dtype_is_one_clear_line(device, dtype, message
         load_model("tiny-llama", device=device, dtype=dtype)
 
 
-def test_base_identity_names_built_ins_by_version_and_folders_by_content(tmp_path):
-    from llm_adapters import __version__
+def test_base_identity_is_content_only_never_a_path_or_a_version(tmp_path, monkeypatch):
+    import hashlib
+    import json
+    import shutil
 
-    assert base_identity("tiny-llama") == {"name": "tiny-llama", "built_by": "llm-adapters", "version": __version__}
-    assert base_identity("smollm2-135m")["version"] == "0.1.2"
+    from llm_adapters import models
+
+    tiny = base_identity("tiny-llama")
+    settings = {"vocab_size": 260, **models._TINY["tiny-llama"]}
+    assert tiny == {"name": "tiny-llama",
+                    "config_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()}
+    monkeypatch.setitem(models._TINY, "tiny-llama", {**models._TINY["tiny-llama"], "num_hidden_layers": 3})
+    assert base_identity("tiny-llama") != tiny  # another architecture, another identity
+    monkeypatch.undo()
+    embedded = base_identity("smollm2-135m")
+    assert set(embedded) == {"name", "sha256"} and embedded["sha256"] == sha256_file(models.embedded_gguf_path())
     model, tokenizer = load_model("tiny-llama")
     model.save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     first = base_identity(str(tmp_path / "m"))
-    assert first["path"] == str((tmp_path / "m").resolve()) and len(first["sha256"]) == 64
-    assert base_identity(str(tmp_path / "m")) == first
+    assert set(first) == {"sha256"} and len(first["sha256"]) == 64
+    shutil.copytree(tmp_path / "m", tmp_path / "copy")
+    (tmp_path / "m").rename(tmp_path / "moved")
+    assert base_identity(str(tmp_path / "copy")) == base_identity(str(tmp_path / "moved")) == first
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    model.save_pretrained(tmp_path / "m")  # the same folder, other weights
-    assert base_identity(str(tmp_path / "m"))["sha256"] != first["sha256"]
+    model.save_pretrained(tmp_path / "moved")  # the same folder, other weights
+    assert base_identity(str(tmp_path / "moved"))["sha256"] != first["sha256"]
 
 
 def test_unknown_model_name_lists_the_built_in_names():

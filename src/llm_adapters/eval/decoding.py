@@ -31,8 +31,19 @@ from llm_adapters.errors import UserError
 
 Protocol = Literal["fast", "original"]
 PROTOCOLS: tuple[str, ...] = ("fast", "original")
-SPEED_ONLY = ("batch_size", "draft_tokens")  # decoding settings that change the speed, never the tokens
+# Decoding settings that change the speed and never the tokens, where answers are batch-invariant
+# (`batch_invariant`); elsewhere they are part of a task folder's identity.
+SPEED_ONLY = ("batch_size", "draft_tokens")
 DRAFT_TOKENS = 8  # the default most tokens a row drafts for one step
+
+
+def batch_invariant(precision: dict[str, str]) -> bool:
+    """Whether a question's answer is the same at any batch size, with drafts on or off, on `precision` (the
+    device type and compute of `evaluate.precision_of`): on the CPU in fp32 and with bf16 products, where every
+    rounding but the attention's is row-local and the attention's differs only in fp32 sums (tested on SmolLM2
+    for every task type). Not in bf16 or fp16 throughout, nor on CUDA, where kernels pick their order of
+    additions by the batch's shape and results are rounded to 16 bits (measured: `evaluate --check-invariance`)."""
+    return precision.get("device") == "cpu" and precision.get("compute") in ("float32", "bf16-products")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import datetime as _dt
 import json
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,13 +32,17 @@ from llm_adapters.data.templates import build_prompt, choice_response
 from llm_adapters.errors import MissingInputError
 from llm_adapters.eval.config import EvalConfig
 from llm_adapters.eval.extract import RULES, extract_answer, is_correct
-from llm_adapters.eval.decoding import SPEED_ONLY, DecodeConfig, Generation, plan_batches, prompt_lengths
+from llm_adapters.eval.decoding import (SPEED_ONLY, DecodeConfig, Generation, batch_invariant, plan_batches,
+                                        prompt_lengths)
 from llm_adapters.eval.loglik import continuation_logliks
 from llm_adapters.eval.stream import generate_stream
-from llm_adapters.eval.packed import packed_linears
+from llm_adapters.eval.packed import bf16_products, packed_linears
 from llm_adapters.eval.score import PredictionLog, accuracy_summary
 from llm_adapters.files import write_json_atomic, write_text_atomic
 from llm_adapters.provenance import provenance
+
+
+INVARIANCE = "invariance.json"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class _Settings:
     template: str
     decode: DecodeConfig
     config: EvalConfig
+    precision: dict[str, str]  # {"device": cpu / cuda / mps, "compute": float32 / bfloat16 / float16 / bf16-products}
 
 
 def _score(model: Any, tokenizer: Any, task: Task, records: list[dict[str, Any]], indices: list[int],
@@ -199,16 +204,20 @@ def _evaluate_task(model: Any, tokenizer: Any, task_data: TaskData, output_dir: 
     task, records, config = task_data.task, task_data.records, settings.config
     folder = output_dir / task.name
     decoding = settings.decode.settings(task)
+    # where answers do not depend on the batch, its size and the drafts are speed only; elsewhere they are identity
+    speed_only = SPEED_ONLY if batch_invariant(settings.precision) else ()
     identity = {"task": task.name, "task_version": task.version, "data_sha256": task_data.sha256,
                 "template": settings.template, "rules": config.rules, "scoring": config.scoring,
-                **{k: v for k, v in decoding.items() if k not in SPEED_ONLY}}
-    may_change = {**{k: decoding[k] for k in SPEED_ONLY}, "limit": config.limit}
-    plan = rundir.plan(folder, identity, overwrite="different" if config.overwrite else False,
-                       may_change=may_change, what="task folder", flag="--output-dir")
+                "precision": settings.precision, **{k: v for k, v in decoding.items() if k not in speed_only}}
+    may_change = {**{k: decoding[k] for k in speed_only}, "limit": config.limit}
+    plan = rundir.plan(folder, identity, kind="task", outputs=TASK_OUTPUTS,
+                       overwrite="different" if config.overwrite else False, may_change=may_change,
+                       what="task folder", flag="--output-dir")
     dist.barrier()  # every process has read the folder before the main one changes it
     log = PredictionLog(folder / "predictions.jsonl")
     if dist.is_main():
-        rundir.begin(folder, plan, identity, may_change, record={"data": str(task_data.path)})
+        rundir.begin(folder, plan, identity, may_change, record={"data": str(task_data.path)}, kind="task",
+                     outputs=TASK_OUTPUTS)
         _merge_parts(log)  # a killed multi-process run's shares, whatever the number of processes now
     dist.barrier()
     n = min(len(records), config.limit) if config.limit is not None else len(records)
@@ -233,6 +242,8 @@ def _evaluate_task(model: Any, tokenizer: Any, task_data: TaskData, output_dir: 
     done = _merge_parts(log)
     reported = [done[i] for i in range(n)]
     summary = _summary(task_data, reported, settings, model_record, training_cutoff)
+    if config.check_invariance:
+        summary["invariance"] = check_invariance(model, tokenizer, task_data, folder, done, settings)
     if training_cutoff is not None:
         all_lengths = prompt_lengths(tokenizer, [r["prompt"] for r in reported], settings.template)
         summary["prompts_over_adapter_cutoff"] = sum(length >= training_cutoff for length in all_lengths)
@@ -270,26 +281,34 @@ def results_table(output_dir: str | Path, skipped: dict[str, str] | None = None)
         summaries[summary["task"]] = summary
     order = {name: i for i, name in enumerate(TASKS)}
     summaries = dict(sorted(summaries.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
-    lines = ["| task | n | accuracy % | 95 % CI | loglik % | no answer | tokens | seconds | ex/s |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    checked = any("invariance" in s for s in summaries.values())  # `--check-invariance`: one more column
+    lines = ["| task | n | accuracy % | 95 % CI | loglik % | no answer | tokens | seconds | ex/s |"
+             + (" same alone |" if checked else ""),
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|" + ("---:|" if checked else "")]
     for name, s in summaries.items():
         loglik = s.get("loglik", {}).get("accuracy", s["accuracy"] if s["metric"] == "loglik" else None)
         accuracy = f"{100 * s['accuracy']:.1f}" if s["metric"] == "generate" else "–"
+        same = s.get("invariance")
         lines.append(f"| {name} | {s['n']} | {accuracy} | {100 * s['ci95'][0]:.1f}–{100 * s['ci95'][1]:.1f} | "
                      f"{'–' if loglik is None else f'{100 * loglik:.1f}'} | {s.get('no_answer', '–')} | "
-                     f"{s['tokens_generated']} | {s['seconds']:.1f} | {s['examples_per_second'] or 0:.2f} |")
+                     f"{s['tokens_generated']} | {s['seconds']:.1f} | {s['examples_per_second'] or 0:.2f} |"
+                     + (f" {same['identical']}/{same['questions']} |" if same else " – |" if checked else ""))
     groups: dict[str, list[float]] = {}
     for s in summaries.values():
         if s["metric"] == "generate":
             groups.setdefault(s["group"], []).append(s["accuracy"])
     if len(groups) > 1:
         groups["all"] = [value for values in groups.values() for value in values]
+    tail = " |" if checked else ""
     for group, values in groups.items():
         if len(values) > 1:
             lines.append(f"| **{group} average** | {len(values)} tasks | {100 * sum(values) / len(values):.1f} "
-                         "| | | | | | |")
-    lines += [f"| {name} | – | skipped: missing {path} | | | | | | |"
+                         "| | | | | | |" + tail)
+    lines += [f"| {name} | – | skipped: missing {path} | | | | | | |" + tail
               for name, path in (skipped or {}).items() if name not in summaries]
+    if checked:
+        lines.append("\n`same alone`: of the questions checked (`--check-invariance`), how many got the same answer "
+                     "answered alone (batch 1, no drafts) as in the batched run.")
     return "\n".join(lines) + "\n"
 
 
@@ -303,6 +322,56 @@ def _adapter_training(config: EvalConfig) -> dict[str, Any]:
         return {}
     trained = manifest.get("config", {})
     return {key: trained[key] for key in ("template", "cutoff_len") if key in trained}
+
+
+TASK_OUTPUTS = ("predictions.jsonl", "predictions.rank*.jsonl", "summary.json", INVARIANCE)
+
+
+def precision_of(model: Any, dtype: str = "auto") -> dict[str, str]:
+    """How `model` computes in an evaluation asked for in `dtype`: its device type and `compute`, the dtype of its
+    weights, or `bf16-products` where an fp32 model on a CPU with bf16 units evaluates with bf16 products
+    (`models.cpu_bf16_products`, `packed.bf16_products`)."""
+    import torch
+
+    from llm_adapters.models import cpu_bf16_products, dtype_name
+
+    parameter = next(model.parameters())
+    products = parameter.dtype == torch.float32 and cpu_bf16_products(parameter.device, dtype)
+    return {"device": parameter.device.type, "compute": "bf16-products" if products else dtype_name(parameter.dtype)}
+
+
+def check_invariance(model: Any, tokenizer: Any, task_data: TaskData, folder: Path, done: dict[int, dict[str, Any]],
+                     settings: _Settings) -> dict[str, Any]:
+    """Answer the task's first `check_invariance` recorded questions again one at a time without drafts, and count
+    those whose answer (generation and/or log-likelihood choice) equals the recorded, batched one. Kept in
+    `<task>/invariance.json` for the same questions and settings, so a resumed folder does not pay twice."""
+    task, config = task_data.task, settings.config
+    indices = sorted(done)[:config.check_invariance]
+    key = {"indices": indices, "batched": {k: settings.decode.settings(task)[k] for k in SPEED_ONLY},
+           "precision": settings.precision}
+    path = folder / INVARIANCE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return saved["result"]
+    except (OSError, ValueError):
+        pass
+    alone = _Settings(settings.template, replace(settings.decode, batch_size=1, draft_tokens=0), config,
+                      settings.precision)
+    prompts = {i: done[i]["prompt"] for i in indices}
+    differing = []
+    for index in indices:
+        for chunk, generations, _ in _chunks(model, tokenizer, task, [index], prompts, alone):
+            again = _score(model, tokenizer, task, task_data.records, chunk, prompts, generations, 0.0, alone)[0]
+            fields = [f for f in ("generation", "loglik_prediction") if f in again]
+            if any(again[f] != done[index].get(f) for f in fields):
+                differing.append(index)
+    result = {"questions": len(indices), "identical": len(indices) - len(differing), "differing": differing,
+              "reference": "each question alone (batch 1), no drafts", "batched": key["batched"],
+              "compared": "generation" + (" and log-likelihood choice" if _logliks(task, config.scoring) else "")
+              if _generates(task, config.scoring) else "log-likelihood choice"}
+    write_json_atomic(path, {"key": key, "result": result})
+    return result
 
 
 def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepared | None = None,
@@ -328,7 +397,7 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepar
         >>> evaluate(model, tokenizer, EvalConfig(base_model="tiny-llama", tasks=("boolq",), limit=8))
     """
     from llm_adapters.methods import adapter_identity
-    from llm_adapters.models import base_identity, dtype_name
+    from llm_adapters.models import base_identity
 
     prepared = prepared or prepare_tasks(config, tasks)
     trained = _adapter_training(config)
@@ -343,21 +412,27 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepar
     if config.scoring == "loglik" and any(d.task.answer_type != "label" for d in prepared.data):
         warnings.warn("log-likelihood scoring needs a label set: the math tasks are scored by generation")
     base_name = config.base_model or getattr(model, "name_or_path", None) or type(model).__name__
-    identity = {"base_model": base_identity(base_name), "adapter": adapter_identity(model)}
+    precision = precision_of(model, config.dtype)
+    identity = {"base_model": base_identity(base_name), "adapter": adapter_identity(model), "precision": precision}
     output_dir = Path(config.output_dir) if config.output_dir else config.default_output_dir()
-    plan = rundir.plan(output_dir, identity, overwrite="different" if config.overwrite else False,
-                       what="--output-dir")
+    rundir.check_apart(output_dir, {"base model": base_name, "adapter": config.adapter})
+    outputs = ("results.md", *(d.task.name for d in prepared.data))
+    plan = rundir.plan(output_dir, identity, kind="evaluation", outputs=outputs,
+                       overwrite="different" if config.overwrite else False, what="--output-dir")
     dist.barrier()
     if dist.is_main():
-        rundir.begin(output_dir, plan, identity, record={"base_model": base_name, "adapter": config.adapter})
+        rundir.begin(output_dir, plan, identity, record={"base_model": base_name, "adapter": config.adapter},
+                     kind="evaluation", outputs=outputs)
     dist.barrier()
     parameter = next(model.parameters())
     model_record = {"model": base_name, "adapter": config.adapter, "model_identity": identity,
-                    "provenance": provenance(device=str(parameter.device), dtype=dtype_name(parameter.dtype))}
-    settings = _Settings(template, decode, config)
+                    "provenance": provenance(device=str(parameter.device), dtype=precision["compute"])}
+    settings = _Settings(template, decode, config, precision)
     generates = any(_generates(d.task, config.scoring) for d in prepared.data)
-    # the weights packed once for all the tasks that generate (generate_stream would pack them per task)
-    with packed_linears(model) if generates else contextlib.nullcontext():
+    # bf16 products for the whole evaluation; else the weights packed once for all the tasks that generate
+    # (generate_stream would pack them per task)
+    with (bf16_products(model) if precision["compute"] == "bf16-products" else
+          packed_linears(model) if generates else contextlib.nullcontext()):
         summaries = {d.task.name: _evaluate_task(model, tokenizer, d, output_dir, settings, model_record,
                                                  trained.get("cutoff_len")) for d in prepared.data}
     table = results_table(output_dir, prepared.skipped)

@@ -1,4 +1,5 @@
-"""Linear layers through oneDNN with prepacked weights while a CPU model generates.
+"""Linear layers through oneDNN with prepacked weights while a CPU model evaluates: fp32 products for decoding
+(`packed_linears`), and bf16 products with fp32 activations on a CPU with bf16 units (`bf16_products`).
 
 A decoding step multiplies a few dozen rows (the questions in flight) by every weight matrix. `F.linear` hands
 such skinny products to MKL's sgemm, which on the 2-core CPU runs them at a third to a half of the machine's
@@ -101,3 +102,99 @@ def plain_linears() -> Iterator[None]:
         yield
     finally:
         _plain_depth -= 1
+
+
+# ------------------------------------------------------------------------------------------------ bf16 products
+#
+# On a CPU with bf16 units (AVX512-BF16, AMX), oneDNN multiplies bf16 matrices at about twice the fp32 rate, with
+# fp32 sums. A model whose weights and activations are all bf16 rounds every intermediate result to bf16: the
+# rounding of a sum then depends on which kernel ran the whole batch's shape (its order of additions), so a
+# question's answer changes with the questions beside it (3 of 6 GSM8K answers between batch 1 and batch 6 on
+# SmolLM2). Here only the products are bf16: each Linear layer rounds its input and weight to bf16 and oneDNN sums
+# in fp32; everything else (norms, attention, the residual stream, the KV cache) stays fp32. oneDNN's bf16 inner
+# product gives every row the same bits whatever the other rows and the row count (checked by
+# `tests/test_packed.py` on this machine, so an upgrade that changes it is noticed), so the only rounding that
+# could depend on the batch is that of the fp32 attention, as in the fp32 engine.
+#
+# A product's result comes back from oneDNN rounded to bf16. For the output layer that would make near-equal
+# logits equal (a bf16 step is 1/8 at a logit of 20), so greedy decoding would break such ties by token id; the
+# head's logits within two bf16 steps of each row's largest are recomputed as fp32 sums of the same bf16
+# products, so the argmax is exactly that of bf16 products with an fp32 result.
+
+_BF16 = torch.bfloat16
+
+
+def _bf16_forward(module: torch.nn.Linear, head: bool) -> Any:
+    weight, bias, parameters = module.weight, module.bias, module._parameters
+    state = {"version": weight._version, "packed": None, "rounded": None}
+    linear_pointwise, linear, grad_enabled = torch.ops.mkldnn._linear_pointwise, torch.nn.functional.linear, \
+        torch.is_grad_enabled
+
+    def current() -> tuple[torch.Tensor, torch.Tensor]:
+        """The packed and the plain bf16 copies of the weight as it is now (rebuilt after a change)."""
+        now = parameters.get("weight")
+        if state["packed"] is None or now is not state.get("weight") or now._version != state["version"]:
+            rounded = now.detach().to(_BF16)
+            state.update(weight=now, version=now._version, rounded=rounded,
+                         packed=torch.ops.mkldnn._reorder_linear_weight(rounded, _ROWS_HINT))
+        return state["packed"], state["rounded"]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if grad_enabled() or not x.is_cpu:  # a differentiable path with the same values
+            out = linear(x.to(_BF16), parameters["weight"].to(_BF16)).to(x.dtype)
+        else:
+            packed, rounded = current()
+            x16 = x.to(_BF16)
+            out = linear_pointwise(x16, packed, None, "none", [], "").to(torch.float32)
+            if head:
+                out = _refine_top(out, x16, rounded)
+        current_bias = parameters.get("bias")
+        return out if current_bias is None else out + current_bias
+    del bias
+    return forward
+
+
+def _refine_top(logits: torch.Tensor, x16: torch.Tensor, weight16: torch.Tensor) -> torch.Tensor:
+    """`logits` (bf16-rounded results of `x16 @ weight16.T`) with every entry within two bf16 steps of its row's
+    largest recomputed as the fp32 sum of the same bf16 products: the rows' argmax is then exact."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    top = flat.max(dim=-1, keepdim=True).values
+    near = flat >= top - top.abs() * 2 ** -7 - 1e-30  # a bf16 step is 2^-7 of the value at most: two steps
+    rows, columns = near.nonzero(as_tuple=True)
+    inputs = x16.reshape(-1, x16.shape[-1])
+    # an elementwise product and a sum over the last dimension: each entry from its own row and column only
+    exact = (inputs[rows].float() * weight16[columns].float()).sum(-1)
+    flat = flat.clone()
+    flat[rows, columns] = exact
+    return flat.reshape(logits.shape)
+
+
+def bf16_supported() -> bool:
+    """Whether oneDNN runs bf16 products on this machine (with or without bf16 units: see
+    `models.cpu_has_native_bf16`)."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@contextlib.contextmanager
+def bf16_products(model: Any) -> Iterator[int]:
+    """Within the block, every fp32 CPU `nn.Linear` of `model` multiplies in bf16 with fp32 sums (its input and
+    weight rounded to bf16, the bias added in fp32), the rest of the model staying fp32; yields how many layers
+    do. The weights are packed once in bf16 (half the fp32 weights' memory); a weight changed or replaced inside
+    the block is packed again. Products are the same with gradients on (through `F.linear` on bf16 copies).
+    `packed_linears` inside the block leaves these layers as they are.
+
+    Raises:
+        RuntimeError: oneDNN has no bf16 products here (check `bf16_supported()` first).
+    """
+    if not bf16_supported():
+        raise RuntimeError("oneDNN bf16 products are not available in this torch build or on this CPU")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    modules = [m for m in model.modules() if _packable(m)]
+    try:
+        for module in modules:
+            module.forward = _bf16_forward(module, head=module is head)
+        yield len(modules)
+    finally:
+        for module in modules:
+            module.__dict__.pop("forward", None)

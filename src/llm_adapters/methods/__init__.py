@@ -124,10 +124,10 @@ def _trained_base(folder: Path) -> dict[str, Any] | str | None:
 
 
 def _same_base(trained_on: dict[str, Any] | str, base_model: str) -> bool:
-    from llm_adapters.models import EMBEDDED, base_identity, cache_dir
+    from llm_adapters.models import EMBEDDED, base_identity, cache_dir, same_base
 
     if isinstance(trained_on, dict):
-        return trained_on == base_identity(base_model)
+        return same_base(trained_on, base_identity(base_model))
     if trained_on == base_model:
         return True
     # The embedded model is loaded from its cache folder, which is the name PEFT records.

@@ -251,7 +251,7 @@ def execute(study: StudySpec, run: Run, out: Path, data: Path, progress: bool = 
     """Fine-tune and evaluate one run into its folder; record its result (or its failure). True if done."""
     from llm_adapters.eval import EvalConfig, evaluate
     from llm_adapters.methods import load_adapter
-    from llm_adapters.models import load_model
+    from llm_adapters.models import load_dtype, load_model, resolve_device
     from llm_adapters.train import FinetuneConfig, finetune
 
     folder = store.run_folder(out, run)
@@ -269,11 +269,13 @@ def execute(study: StudySpec, run: Run, out: Path, data: Path, progress: bool = 
         if loss is None or not math.isfinite(loss):
             raise FloatingPointError(f"the training loss is not finite ({loss}): the run diverged")
         eval_started = time.time()
-        model, tokenizer = load_model(study.base_model)
-        model = load_adapter(model, adapter, base_model=study.base_model)
-        evaluation = evaluate(model, tokenizer, configs.build(EvalConfig, {
+        settings = configs.build(EvalConfig, {
             **run.evaluate, "base_model": study.base_model, "adapter": str(adapter),
-            "output_dir": str(folder / "eval"), "progress": progress}, label=f"run {run.name} evaluate"))
+            "output_dir": str(folder / "eval"), "progress": progress}, label=f"run {run.name} evaluate")
+        model, tokenizer = load_model(study.base_model, device=settings.device,
+                                      dtype=load_dtype(resolve_device(settings.device), settings.dtype))
+        model = load_adapter(model, adapter, base_model=study.base_model)
+        evaluation = evaluate(model, tokenizer, settings)
         del model
         result = _result(run, study, manifest, adapter, evaluation, time.time() - eval_started, folder)
     except Exception as error:  # any failure of one run is recorded and the study goes on

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,13 @@ from llm_adapters.train.trainer import AdapterTrainer, latest_checkpoint, loss_s
 
 # (PEFT names the initial adapter after its folder when it converts: no dot in the name.)
 MANIFEST, CHECKPOINTS, INITIAL_ADAPTER = "manifest.json", "checkpoints", "initial-adapter"
+# What a run writes in its folder (rundir: --overwrite removes these and nothing else). PEFT's save writes the
+# adapter and a model card (README.md); the tokenizer's files are recorded by name when they are saved.
+OUTPUTS = ("adapter_config.json", "adapter_model.safetensors", "README.md", MANIFEST, "loss_log.jsonl",
+           "loss_curve.png", CHECKPOINTS, INITIAL_ADAPTER, ".tokenizer-*",
+           # the Trainer's own save (sharded runs): its arguments and the tokenizer's usual files
+           "training_args.bin", "tokenizer*", "special_tokens_map.json", "chat_template.jinja", "vocab.json",
+           "merges.txt", "added_tokens.json")
 
 
 def finetune(config: FinetuneConfig) -> Path:
@@ -101,8 +109,9 @@ class FinetuneRun:
         precision = config.machine_precision()  # auto resolved; what this machine cannot do fails here
         identity = {**config.identity(), "precision": precision, "data_sha256": data["sha256"],
                     "base_model": base_identity(config.base_model)}
-        plan = rundir.plan(out, identity, finished=MANIFEST, overwrite=config.overwrite,
-                           may_change=config.may_change())
+        rundir.check_apart(out, {"base model": config.base_model}, flag="output_dir")
+        plan = rundir.plan(out, identity, kind="finetune", outputs=OUTPUTS, finished=MANIFEST,
+                           overwrite=config.overwrite, may_change=config.may_change())
         dist.barrier()  # every process has read the folder before the main one changes it
         run = cls(config, out, plan, identity, data, precision, started)
         if plan.action == "done":
@@ -119,7 +128,8 @@ class FinetuneRun:
         run.checkpoint = latest_checkpoint(out / CHECKPOINTS) if plan.action == "resume" else None
         if dist.is_main():  # only the main process writes; the others wait below
             rundir.begin(out, plan, identity, config.may_change(), record={"data": config.data,
-                                                                           "base_model": config.base_model})
+                                                                           "base_model": config.base_model},
+                         kind="finetune", outputs=OUTPUTS)
             if plan.action == "replace":
                 _say(f"--overwrite: replaced the previous content of {out}")
             if config.spec.method_record.rewrites_base and not (out / INITIAL_ADAPTER).exists():
@@ -208,7 +218,11 @@ class FinetuneRun:
         initial = out / INITIAL_ADAPTER if config.spec.method_record.rewrites_base else None
         if not adapter_saved:
             save_adapter(self.peft_model, out, initial=initial)
-        self.tokenizer.save_pretrained(out)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".tokenizer-") as staging:  # its names, then its files
+            names = [Path(f).name for f in self.tokenizer.save_pretrained(staging)]
+            rundir.add_outputs(out, names)
+            for name in names:
+                os.replace(Path(staging) / name, out / name)
         write_jsonl_atomic(out / "loss_log.jsonl", state.log_history)
         loss_curve(state.log_history, out / "loss_curve.png")
         loss = loss_summary(state.log_history)
