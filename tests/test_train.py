@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,19 +210,27 @@ def test_shared_prefix_length_leaves_every_row_a_token_and_skips_short_prefixes(
     assert shared_prefix_length([[1, 2, 3, 4, 5, 6]]) == 0  # one row: nothing to share
 
 
-def test_seeded_sampler_groups_lengths_and_replays_the_same_order():
+def test_seeded_sampler_forms_global_batches_of_similar_lengths_and_replays_the_same_order():
     lengths = [(i * 37) % 101 + 1 for i in range(203)]
-    sampler = SeededSampler(lengths, micro_batch_size=4, seed=3, group_by_length=True)
+    sampler = SeededSampler(lengths, batch_size=8, seed=3, group_by_length=True)
     first = list(sampler)
-    assert sorted(first) == list(range(203)) and list(sampler) == first
+    assert len(first) == len(sampler) == 200 and len(set(first)) == 200  # 25 whole global batches; 3 left over
+    assert list(sampler) == first
     sampler.set_epoch(1)
-    assert list(sampler) != first
-    batches = [first[k:k + 4] for k in range(0, 203, 4)]
-    assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest micro-batch comes first
-    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
-    assert sum(lengths) / padded > 0.95  # little padding
-    random_order = list(SeededSampler(lengths, 4, seed=3, group_by_length=False))
-    assert sorted(random_order) == list(range(203))
+    assert list(sampler) != first and len(set(list(sampler)) | set(first)) > 200  # others left over
+    batches = [first[k:k + 8] for k in range(0, 200, 8)]
+    assert max(lengths[i] for i in batches[0]) == max(lengths[i] for i in first)  # the longest batch comes first
+    for batch in batches:  # within a global batch, longest first: its micro-batches are slices of similar length
+        assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
+    for micro in (1, 2, 4, 8):  # every micro-batch size splits the same global batches
+        padded = sum(max(lengths[i] for i in batch[k:k + micro]) * micro for batch in batches
+                     for k in range(0, 8, micro))
+        assert sum(lengths[i] for i in first) / padded > 0.9  # little padding
+    assert SeededSampler(lengths, batch_size=8, seed=3, group_by_length=True).__iter__().__next__() == first[0]
+    small = list(SeededSampler(lengths[:5], batch_size=8, seed=3, group_by_length=True))
+    assert sorted(small) == list(range(5))  # fewer examples than a batch: all of them, one batch
+    random_order = list(SeededSampler(lengths, 8, seed=3, group_by_length=False))
+    assert len(set(random_order)) == 200
 
 
 # --- training runs ------------------------------------------------------------------------------------------------
@@ -272,18 +281,37 @@ def test_training_arguments_pass_report_to_through(tmp_path, data_file):
         _run(tmp_path, data_file, report_to="mlflow")
 
 
-def test_gradient_accumulation_gives_the_same_update_as_one_big_batch(tmp_path, data_file):
-    # Examples of different lengths: per-micro-batch means would weight tokens unequally, the token count doesn't.
-    settings = dict(batch_size=4, max_steps=2, batching="padded")
-    one = finetune(_run(tmp_path, data_file, "one", micro_batch_size=4, **settings))
-    accumulated = finetune(_run(tmp_path, data_file, "acc", micro_batch_size=1, **settings))
-    a, b = (load_file(p / "adapter_model.safetensors") for p in (one, accumulated))
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)  # Adam amplifies float noise near 0
+@pytest.mark.parametrize("batching", ["length", "packed", "padded"])
+def test_the_micro_batch_size_changes_memory_not_the_run_in_every_batching_mode(tmp_path, data_file, batching):
+    # Examples of different lengths: per-micro-batch means would weight tokens unequally, the token count doesn't;
+    # length grouping by micro-batch (the old sampler) put other examples in each step.
+    settings = dict(batch_size=4, max_steps=3, batching=batching)
+    runs = [finetune(_run(tmp_path, data_file, f"micro{m}", micro_batch_size=m, **settings)) for m in (4, 2, 1)]
+    first, *others = [load_file(p / "adapter_model.safetensors") for p in runs]
+    for other in others:
+        assert max(float((first[k] - other[k]).abs().max()) for k in first) < 1e-4
     # Adam hides a constant factor in the gradient; the logged loss (mean per label token of the step) does not.
     losses = [[e["loss"] for e in map(json.loads, (p / "loss_log.jsonl").read_text().splitlines()) if "loss" in e]
-              for p in (one, accumulated)]
-    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-5, atol=1e-6)
+              for p in runs]
+    for other in losses[1:]:
+        torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(other), rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_killed_for_memory_resumes_with_a_smaller_micro_batch(tmp_path, data_file):
+    whole = finetune(_run(tmp_path, data_file, "whole", micro_batch_size=4, max_steps=4, save_steps=2,
+                          keep_checkpoints=True))
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)  # as if killed after the step-2 checkpoint: the run's state at step 2
+    shutil.rmtree(cut / "checkpoints" / "checkpoint-4")
+    for name in ("manifest.json", "adapter_model.safetensors", "adapter_config.json", "loss_log.jsonl"):
+        (cut / name).unlink()
+    resumed = finetune(_run(tmp_path, data_file, "cut", micro_batch_size=1, max_steps=4, save_steps=2,
+                            keep_checkpoints=True))
+    a, b = (load_file(p / "adapter_model.safetensors") for p in (whole, resumed))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    manifest = json.loads((resumed / "manifest.json").read_text())
+    assert manifest["training"]["resumed_from"].endswith("checkpoint-2")
+    assert manifest["config"]["micro_batch_size"] == 1 and manifest["training"]["accumulation"] == 4
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].acts_on_input])

@@ -170,39 +170,42 @@ class PackedCollator:
 
 
 class SeededSampler(Sampler[int]):
-    """Deterministic training order: a permutation drawn from (seed, epoch), so a resumed run replays it exactly.
+    """Deterministic training order in global batches (the examples of one optimiser step), drawn from (seed,
+    epoch) alone, so that a resumed run replays it and the run is the same whatever the micro-batch size and the
+    number of processes (they only split each global batch differently).
 
-    With `group_by_length`, chunks of `50 x micro_batch_size` shuffled examples are sorted by length and cut into
-    micro-batches, and the micro-batches are shuffled again: micro-batches hold similar lengths (little padding)
-    and come in random order. The longest micro-batch goes first, so a memory peak shows at step 1. A short
-    micro-batch (the remainder) goes last, so the DataLoader's consecutive groups of `micro_batch_size` are
-    exactly these micro-batches.
+    An epoch is a permutation of the examples cut into global batches of `batch_size`. With `group_by_length`,
+    chunks of `50 x batch_size` shuffled examples are sorted by length before the cut (a global batch holds
+    similar lengths) and the global batches are shuffled again; the longest goes first, so a memory peak shows at
+    step 1. Within a global batch the examples come longest first, so its micro-batches (consecutive slices) are
+    length-grouped too. With at least one whole global batch, the `len % batch_size` examples left over are not
+    used in that epoch (another permutation leaves out others in the next): a short last step would be split
+    differently by other micro-batch sizes. With fewer examples than `batch_size`, they are the one batch.
     """
 
-    def __init__(self, lengths: Sequence[int], micro_batch_size: int, seed: int, group_by_length: bool):
-        self.lengths, self.micro, self.seed, self.group = list(lengths), micro_batch_size, seed, group_by_length
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool):
+        self.lengths, self.batch, self.seed, self.group = list(lengths), batch_size, seed, group_by_length
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        n = len(self.lengths)
+        return n if n < self.batch else n - n % self.batch
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        if not self.group:
-            return iter(order)
-        chunk = 50 * self.micro
-        batches = []
-        for start in range(0, len(order), chunk):
-            group = sorted(order[start:start + chunk], key=lambda i: -self.lengths[i])
-            batches += [group[k:k + self.micro] for k in range(0, len(group), self.micro)]
-        full = [b for b in batches if len(b) == self.micro]
-        rest = [b for b in batches if len(b) < self.micro]
-        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
-        if shuffled:
-            longest = max(range(len(shuffled)), key=lambda i: max(self.lengths[j] for j in shuffled[i]))
-            shuffled[0], shuffled[longest] = shuffled[longest], shuffled[0]
-        return iter([i for batch in shuffled + rest for i in batch])
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()[:len(self)]
+        if self.group:  # chunks of whole global batches, each sorted by length, then cut
+            chunk = 50 * self.batch
+            order = [i for start in range(0, len(order), chunk)
+                     for i in sorted(order[start:start + chunk], key=lambda i: -self.lengths[i])]
+        batches = [order[k:k + self.batch] for k in range(0, len(order), self.batch)]
+        if self.group:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+            longest = max(range(len(batches)), key=lambda i: max(self.lengths[j] for j in batches[i]))
+            batches[0], batches[longest] = batches[longest], batches[0]
+        if not self.group:  # random micro-batches (the original's), still cut from the same global batches
+            return iter([i for batch in batches for i in batch])
+        return iter([i for batch in batches for i in sorted(batch, key=lambda i: (-self.lengths[i], i))])

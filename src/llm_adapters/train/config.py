@@ -21,9 +21,11 @@ SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 BATCHING = ("length", "packed", "padded")
 REPORT_TO = ("none", "tensorboard", "wandb")
 # Settings that may change between a killed run and its resumption (the new value wins): they change how the run
-# is watched, not what it computes. Every other setting is part of the run's identity (rundir.py).
+# is watched or how much memory a step takes, not what it computes (micro_batch_size: the sampler forms global
+# batches of batch_size whatever the micro-batches, so a run killed for memory resumes with a smaller one). Every
+# other setting is part of the run's identity (rundir.py).
 RESUME_MAY_CHANGE = ("overwrite", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints", "progress",
-                     "report_to", "deepspeed")
+                     "report_to", "deepspeed", "micro_batch_size")
 # Inputs named by path in the config but identified by content: data by its sha256, the base model by
 # models.base_identity; output_dir is where the run lives, not what it is.
 IDENTIFIED_BY_CONTENT = ("data", "base_model", "output_dir")

@@ -119,7 +119,7 @@ def make_trainer(config: FinetuneConfig, peft_model: torch.nn.Module, tokenizer:
     flash = str(getattr(base_config, "_attn_implementation", "")).startswith("flash")
     collator = (PackedCollator(flash_attention=flash) if config.batching == "packed"
                 else PaddedCollator(tokenizer.pad_token_id, share_prefix=share_prefix))
-    sampler = SeededSampler([len(e["input_ids"]) for e in train_set], config.micro_batch_size, config.seed,
+    sampler = SeededSampler([len(e["input_ids"]) for e in train_set], config.batch_size, config.seed,
                             group_by_length=config.batching == "length")
     trainer = AdapterTrainer(
         model=peft_model, args=training_arguments(config, checkpoints, accumulation, bool(val_set), precision),
