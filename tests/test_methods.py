@@ -103,3 +103,33 @@ def test_attach_olora_on_gpt2_conv1d_is_a_clear_error():
     model, _ = load_model("tiny-gpt2")
     with pytest.raises(ValueError, match="method 'olora' does not support GPT-2's Conv1D layers"):
         attach(model, {"method": "olora", "r": 4})
+
+
+@pytest.mark.parametrize("peft_type", __import__("llm_adapters.methods", fromlist=["peft_types"]).peft_types())
+def test_every_listed_peft_type_attaches_to_tiny_llama_or_says_why_in_one_line(peft_type, capsys):
+    # `llm-adapters methods` lists these; with their defaults some cannot fit a 64-wide model (c3a's block size,
+    # shira's rank): the user then reads one line naming the method and PEFT's reason, never a traceback.
+    from llm_adapters.cli import main
+
+    code = main(["params", "--model", "tiny-llama", "--method", f"peft:{peft_type}", "--json"])
+    captured = capsys.readouterr()
+    if code == 0:
+        assert '"trainable"' in captured.out
+    else:
+        lines = captured.err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "Traceback" not in captured.err
+        assert lines[0].startswith(f"llm-adapters params: error: peft:{peft_type} ") and "PEFT says: " in lines[0]
+
+
+@pytest.mark.parametrize("options,expected", [
+    ("{bad", "peft_options is not a valid mapping (expected ',' or '}', but got '<stream end>'): '{bad'"),
+    ("[1, 2]", "peft_options must be a mapping of VeraConfig fields, got '[1, 2]'"),
+    ("{r: -3}", "peft:vera with options {'r': -3} cannot be attached to LlamaForCausalLM: PEFT says: Trying to "
+                "create tensor with negative dimension -3"),
+])
+def test_bad_peft_options_are_one_line_naming_the_option(options, expected, capsys):
+    from llm_adapters.cli import main
+
+    assert main(["params", "--model", "tiny-llama", "--method", "peft:vera", "--peft-options", options]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1

@@ -115,7 +115,16 @@ def coerce_scalar(kind: Any, name: str, value: Any) -> Any:
         except ValueError:
             return value
     if kind in ("str|mapping", "mapping") and value.lstrip().startswith("{"):
-        return yaml.safe_load(value)  # a flow mapping on the command line: --adapter '{preset: paper-lora, r: 16}'
+        # a flow mapping on the command line: --adapter '{preset: paper-lora, r: 16}'
+        try:
+            mapping = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            problem = str(getattr(error, "problem", None) or error).splitlines()[0]
+            raise UserError(f"{name} is not a valid mapping ({problem}): {value!r}; write it as "
+                            "'{key: value, key: value}'") from error
+        if not isinstance(mapping, dict):
+            raise UserError(f"{name} must be a mapping such as '{{key: value}}', got {value!r}")
+        return mapping
     return value
 
 

@@ -125,9 +125,9 @@ def plan(folder: str | Path, identity: dict[str, Any], *, kind: str, outputs: tu
         raise OutputExistsError(f"{what} {folder} is not empty and holds {holds}; nothing there is deleted, even "
                                 f"with --overwrite: choose another {flag} or empty it yourself")
     if saved.get("kind", kind) != kind:
-        raise OutputExistsError(f"{what} {folder} holds a {_KINDS.get(saved['kind'], saved['kind'])}, not a "
-                                f"{_KINDS.get(kind, kind)}; it is never replaced, even with --overwrite: choose "
-                                f"another {flag}")
+        held, wanted = (_KINDS.get(k, k) for k in (saved["kind"], kind))
+        raise OutputExistsError(f"{what} {folder} holds {_article(held)} {held}, not {_article(wanted)} {wanted}; it "
+                                f"is never replaced, even with --overwrite: choose another {flag}")
     changed = differences(saved["identity"], identity)
     if changed and not overwrite:
         state = "a finished run" if finished and (folder / finished).exists() else "results of another run"
@@ -146,6 +146,10 @@ def plan(folder: str | Path, identity: dict[str, Any], *, kind: str, outputs: tu
 
 
 _KINDS = {"finetune": "fine-tuning run (an adapter)", "evaluation": "evaluation folder", "task": "task folder"}
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1] in "aeiou" else "a"
 
 
 def begin(folder: str | Path, plan: Plan, identity: dict[str, Any], may_change: dict[str, Any] | None = None,

@@ -59,10 +59,23 @@ def attach(model: nn.Module, spec: AdapterSpec | str | dict[str, Any], adapter_n
         >>> peft_model = attach(model, "paper-lora")
     """
     spec = resolve_spec(spec)
-    if isinstance(model, PeftModel):
-        model.add_adapter(adapter_name, build_peft_config(model.get_base_model(), spec))
-        return model
-    peft_model = get_peft_model(model, build_peft_config(model, spec), adapter_name=adapter_name)
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    config = build_peft_config(base, spec)
+    try:
+        if isinstance(model, PeftModel):
+            model.add_adapter(adapter_name, config)
+            return model
+        peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+    except (ValueError, RuntimeError) as error:
+        # PEFT checks a tuner's options against the model only as it builds the layers (a block size that does
+        # not divide a layer, a rank too large, a negative size): the user's options, not our bug. Our own
+        # methods' errors stay tracebacks, except PEFT's ValueErrors.
+        if not (spec.method.startswith("peft:") or isinstance(error, ValueError)):
+            raise
+        options = spec.peft_options if spec.method.startswith("peft:") else {
+            k: v for k, v in spec.to_dict().items() if k in spec.method_record.uses}
+        raise UserError(f"{spec.method} with options {options or '{} (its defaults)'} cannot be attached to "
+                        f"{type(base).__name__}: PEFT says: {str(error).splitlines()[0]}") from error
     if getattr(model, "name_or_path", None) in TINY_MODELS:
         # A built-in test model is no hub id: recorded as one, PEFT would look it up on the hub at every save.
         peft_model.peft_config[adapter_name].base_model_name_or_path = None

@@ -215,8 +215,9 @@ def _peft_problems(config_cls: type) -> Callable[[AdapterSpec], Iterator[str]]:
             return
         try:  # PEFT validates the values (placeholder targets: the real ones depend on the model)
             config_cls(target_modules=["placeholder"], task_type=TaskType.CAUSAL_LM, **options)
-        except (ValueError, TypeError) as error:
-            yield f"{spec.method}: {str(error).splitlines()[0]}"
+        except (ValueError, TypeError, ImportError) as error:  # ImportError: a tuner's own optional package
+            yield (f"{spec.method} with options {options or '{} (its defaults)'}: PEFT says: "
+                   f"{str(error).splitlines()[0]}")
     return problems
 
 
