@@ -112,9 +112,10 @@ def plain_linears() -> Iterator[None]:
 # question's answer changes with the questions beside it (3 of 6 GSM8K answers between batch 1 and batch 6 on
 # SmolLM2). Here only the products are bf16: each Linear layer rounds its input and weight to bf16 and oneDNN sums
 # in fp32; everything else (norms, attention, the residual stream, the KV cache) stays fp32. oneDNN's bf16 inner
-# product gives every row the same bits whatever the other rows and the row count (checked by
-# `tests/test_packed.py` on this machine, so an upgrade that changes it is noticed), so the only rounding that
-# could depend on the batch is that of the fp32 attention, as in the fp32 engine.
+# product gives every row the same bits whatever the other rows and the row count, from two rows on (a single row
+# goes with a copy of itself; checked by `tests/test_bf16.py` on this machine, so an upgrade that changes it is
+# noticed), so the only rounding that could depend on the batch is that of the fp32 attention, as in the fp32
+# engine.
 #
 # A product's result comes back from oneDNN rounded to bf16. For the output layer that would make near-equal
 # logits equal (a bf16 step is 1/8 at a logit of 20), so greedy decoding would break such ties by token id; the
@@ -145,7 +146,12 @@ def _bf16_forward(module: torch.nn.Linear, head: bool) -> Any:
         else:
             packed, rounded = current()
             x16 = x.to(_BF16)
-            out = linear_pointwise(x16, packed, None, "none", [], "").to(torch.float32)
+            if x16.numel() == x16.shape[-1]:  # one row: oneDNN's kernel for one row sums in another order than
+                # its kernel for several (measured on SmolLM2's down_proj, 1536 wide), so it goes with a copy
+                out = linear_pointwise(x16.reshape(1, -1).expand(2, -1).contiguous(), packed, None, "none", [],
+                                       "")[:1].reshape(*x.shape[:-1], -1).to(torch.float32)
+            else:
+                out = linear_pointwise(x16, packed, None, "none", [], "").to(torch.float32)
             if head:
                 out = _refine_top(out, x16, rounded)
         current_bias = parameters.get("bias")

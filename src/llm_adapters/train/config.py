@@ -17,6 +17,8 @@ from llm_adapters.data.templates import TEMPLATES
 from llm_adapters.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# `precision: auto` on a CPU with bf16 units (README "Precision" says why, docs/benchmarks.md measures it).
+CPU_AUTO_BF16 = False
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 BATCHING = ("length", "packed", "padded")
 REPORT_TO = ("none", "tensorboard", "wandb")
@@ -132,13 +134,17 @@ class FinetuneConfig:
         """
         import torch
 
+        from llm_adapters.models import cpu_has_native_bf16
+
         cuda = torch.cuda.is_available()
+        bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
         precision = self.precision
         if precision == "auto":
-            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-        if precision == "bf16" and not (cuda and torch.cuda.is_bf16_supported()):
-            raise UserError("precision bf16 needs a CUDA GPU with bf16 support, and this machine has none; "
-                            "use precision auto or fp32 (or fp16 on an older GPU)")
+            precision = "bf16" if bf16 and (cuda or CPU_AUTO_BF16) else "fp32"
+        if precision == "bf16" and not bf16:
+            raise UserError("precision bf16 needs a CUDA GPU with bf16 support or a CPU with bf16 units (AVX512-BF16, "
+                            "AMX or Arm BF16), and this machine has neither; use precision auto or fp32 (or fp16 on "
+                            "an older GPU)")
         if precision == "fp16" and not cuda:
             raise UserError("precision fp16 needs a CUDA GPU, and this machine has none; use precision auto or fp32")
         if self.load_in_8bit or self.load_in_4bit:
