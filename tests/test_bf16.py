@@ -2,7 +2,6 @@
 batch size, with drafts on or off), and mixed-precision training (fp32 master weights, bf16 products)."""
 from __future__ import annotations
 
-from typing import Any
 
 import pytest
 import torch
@@ -92,58 +91,6 @@ def test_a_weight_changed_inside_the_block_is_packed_again() -> None:
         reference = _reference_linear(model.model(input_ids=IDS).last_hidden_state, model.lm_head.weight, None)
     assert not torch.equal(before, after)
     torch.testing.assert_close(after, reference, rtol=2 ** -7, atol=1e-3)
-
-
-# --- the engine on SmolLM2: the same answers at batch 1 and 32, drafts on and off -----------------------------------
-
-@pytest.fixture(scope="module")
-def smollm2() -> tuple[Any, Any]:
-    return load_model("smollm2-135m", dtype="float32")  # fp32 activations; bf16_products makes the products bf16
-
-
-@pytest.mark.slow
-@pytest.mark.shared_data
-@needs_bf16_units
-@pytest.mark.parametrize("task,limit,budget", [("gsm8k", 12, 96), ("aqua", 8, 96), ("boolq", 16, 32)])
-def test_bf16_products_answers_do_not_depend_on_the_batch_or_the_drafts(task: str, limit: int, budget: int,
-                                                                         smollm2: tuple[Any, Any]) -> None:
-    from llm_adapters.data.io import load_task_data, resolve_data_dir
-    from llm_adapters.data.tasks import TASKS
-    from llm_adapters.data.templates import build_prompt
-    from llm_adapters.eval.decoding import DecodeConfig
-    from llm_adapters.eval.stream import generate_stream
-    from shared_data import LLM_ADAPTERS_DATA
-
-    model, tokenizer = smollm2
-    records = load_task_data(TASKS[task], resolve_data_dir(str(LLM_ADAPTERS_DATA))).records[:limit]
-    prompts = [build_prompt(r["instruction"]) for r in records]
-    answers = {}
-    with bf16_products(model):
-        for batch, drafts in ((32, 8), (1, 0), (5, 8)):
-            config = DecodeConfig.for_protocol("fast", batch, budget, draft_tokens=drafts)
-            out = dict(generate_stream(model, tokenizer, prompts, TASKS[task], config))
-            answers[batch, drafts] = [out[i].text for i in range(len(prompts))]
-    assert answers[32, 8] == answers[1, 0] == answers[5, 8]
-    assert len(set(answers[1, 0])) > 1  # real, varied answers
-
-
-@pytest.mark.slow
-@pytest.mark.shared_data
-@needs_bf16_units
-def test_bf16_products_log_likelihood_choices_do_not_depend_on_the_batch(smollm2: tuple[Any, Any]) -> None:
-    from llm_adapters.data.io import load_task_data, resolve_data_dir
-    from llm_adapters.data.tasks import TASKS
-    from llm_adapters.data.templates import build_prompt, choice_response
-    from llm_adapters.eval.loglik import continuation_logliks
-    from shared_data import LLM_ADAPTERS_DATA
-
-    model, tokenizer = smollm2
-    task = TASKS["arc-e"]
-    records = load_task_data(task, resolve_data_dir(str(LLM_ADAPTERS_DATA))).records[:12]
-    pairs = [(build_prompt(r["instruction"]), choice_response(label)) for r in records for label in task.labels]
-    with bf16_products(model):
-        scores = {size: continuation_logliks(model, tokenizer, pairs, batch_size=size) for size in (1, 8)}
-    assert scores[1] == scores[8]  # the same bits
 
 
 # --- training -------------------------------------------------------------------------------------------------------
