@@ -84,3 +84,28 @@ def test_build_prompt_chat_uses_the_tokenizers_template_with_a_generation_prompt
     assert build_prompt("Add them.", "2 and 3", template="chat", tokenizer=tokenizer) == (
         "<|user|>Add them.\n\n2 and 3\n<|assistant|>"
     )
+
+
+def test_the_whole_split_tokenises_as_lm_eval_does_and_apart_as_training_does() -> None:
+    from llm_adapters.data.templates import encode_pair
+    from llm_adapters.models import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")  # where tokenisation matters: the real one
+    prompt = build_prompt("Is the sky blue?\n\nAnswer format: true/false")  # ends in a newline and 16 spaces
+    continuation = "the correct answer is true"
+
+    def lm_eval_encode_pair(context: str, continuation: str) -> tuple[list[int], list[int]]:
+        # lm-eval 0.4's HFLM._encode_pair, written out: trailing spaces move to the continuation
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            continuation, context = context[-n_spaces:] + continuation, context[:-n_spaces]
+        whole = tokenizer(context + continuation)["input_ids"]
+        context_ids = tokenizer(context)["input_ids"]
+        return context_ids, whole[len(context_ids):]
+
+    assert encode_pair(tokenizer, prompt, continuation, "original", "whole") == lm_eval_encode_pair(prompt,
+                                                                                                   continuation)
+    apart = encode_pair(tokenizer, prompt, continuation, "original")
+    assert apart == (tokenizer(prompt)["input_ids"], tokenizer(continuation, add_special_tokens=False)["input_ids"])
+    whole = encode_pair(tokenizer, prompt, continuation, "original", "whole")
+    assert whole != apart and tokenizer.decode(whole[0] + whole[1]) == prompt + continuation

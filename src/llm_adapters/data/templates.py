@@ -121,13 +121,31 @@ def adds_special_tokens(template: str) -> bool:
     return template != "chat"
 
 
-def encode_pair(tokenizer: Any, prompt: str, response: str, template: str) -> tuple[list[int], list[int]]:
-    """(prompt ids, response ids), tokenised apart as training and scoring both do.
+SPLITS = ("apart", "whole")  # how a (prompt, response) pair is tokenised for scoring: see `encode_pair`
 
-    Tokenising prompt + response as one text can merge the prompt's last characters with the response's first
-    (the original template ends its prompt in 16 spaces), which moves the boundary by a token; apart, the prompt's
-    ids are exactly those the model is given at generation time.
+
+def encode_pair(tokenizer: Any, prompt: str, response: str, template: str, split: str = "apart"
+                ) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids).
+
+    `apart` (training, generation and our default scoring): each tokenised on its own. Tokenising prompt +
+    response as one text can merge the prompt's last characters with the response's first (the original template
+    ends its prompt in 16 spaces), which moves the boundary by a token; apart, the prompt's ids are exactly those
+    the model is given at generation time and was trained on.
+
+    `whole` (lm-eval's `_encode_pair`): the prompt's trailing whitespace moves to the response, the two are
+    tokenised as one text, and the response's ids are those after the prompt's. The model then scores the
+    whitespace and the response as it would read them in one text, and the prompt it conditions on is not the one
+    it answers at generation time.
     """
+    if split == "whole":
+        stripped = prompt.rstrip()
+        prompt, response = stripped, prompt[len(stripped):] + response
+        prompt_ids = tokenizer(prompt, add_special_tokens=adds_special_tokens(template))["input_ids"]
+        whole = tokenizer(prompt + response, add_special_tokens=adds_special_tokens(template))["input_ids"]
+        return list(prompt_ids), list(whole[len(prompt_ids):])
+    if split != "apart":
+        raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     prompt_ids = tokenizer(prompt, add_special_tokens=adds_special_tokens(template))["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     return list(prompt_ids), list(response_ids)

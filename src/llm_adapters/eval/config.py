@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_adapters.data.templates import TEMPLATES
+from llm_adapters.data.templates import SPLITS, TEMPLATES
 from llm_adapters.errors import UserError
 from llm_adapters.eval.extract import RULES
 from llm_adapters.eval.decoding import DRAFT_TOKENS, PROTOCOLS
@@ -47,6 +47,10 @@ class EvalConfig:
         "help": "fast: greedy + stop rules; original: the original's 4-beam search, no stop rule"})
     scoring: str = field(default="generate", metadata={
         "help": "generate; loglik: the most likely label (commonsense tasks); both"})
+    loglik_split: str = field(default="apart", metadata={
+        "help": "log-likelihood scoring: apart (the prompt and 'the correct answer is <label>' tokenised apart, as "
+                "training and generation see them) or whole (lm-eval's: one text, the prompt's trailing whitespace "
+                "moved to the continuation)"})
     rules: str = field(default="default", metadata={
         "help": "answer extraction: default (fixed rules), or original (the original's exactly, on the full "
                 "generation: no stop rule)"})
@@ -96,7 +100,7 @@ def _problems(c: EvalConfig):
         resolve_tasks(list(c.tasks))
     except UserError as error:
         yield str(error)
-    for name, choices in (("protocol", PROTOCOLS), ("scoring", SCORINGS), ("rules", RULES)):
+    for name, choices in (("protocol", PROTOCOLS), ("scoring", SCORINGS), ("rules", RULES), ("loglik_split", SPLITS)):
         if getattr(c, name) not in choices:
             yield f"{name} {getattr(c, name)!r} is not one of {', '.join(choices)}"
     if c.template is not None and c.template not in TEMPLATES:

@@ -107,7 +107,7 @@ def _score(model: Any, tokenizer: Any, task: Task, records: list[dict[str, Any]]
         # 8 contexts a pass: 16 and 32 were no faster on the CPU (more padding between sorted lengths), and a model
         # without `logits_to_keep` returns logits for every position: 8 rows of ~150 tokens are ~250 MB.
         scores = continuation_logliks(model, tokenizer, pairs, template=settings.template,
-                                      batch_size=min(8, settings.decode.batch_size))
+                                      batch_size=min(8, settings.decode.batch_size), split=settings.config.loglik_split)
         for k, result in enumerate(results):
             row = scores[k * len(task.labels):(k + 1) * len(task.labels)]
             best = task.labels[row.index(max(row))]
@@ -187,6 +187,7 @@ def _summary(task_data: TaskData, done: list[dict[str, Any]], settings: _Setting
     summary.update(
         rules=config.rules, template=settings.template, decoding=settings.decode.settings(task),
         scoring=config.scoring, limit=config.limit, **model_record,
+        **({"loglik_split": config.loglik_split} if _logliks(task, config.scoring) else {}),
         data={"path": str(task_data.path), "sha256": task_data.sha256, "records": len(task_data.records)},
         seconds=round(seconds, 2), tokens_generated=sum(r.get("n_tokens", 0) for r in done),
         examples_per_second=round(len(done) / seconds, 3) if seconds else None,
@@ -208,6 +209,7 @@ def _evaluate_task(model: Any, tokenizer: Any, task_data: TaskData, output_dir: 
     speed_only = SPEED_ONLY if batch_invariant(settings.precision) else ()
     identity = {"task": task.name, "task_version": task.version, "data_sha256": task_data.sha256,
                 "template": settings.template, "rules": config.rules, "scoring": config.scoring,
+                **({"loglik_split": config.loglik_split} if _logliks(task, config.scoring) else {}),
                 "precision": settings.precision, **{k: v for k, v in decoding.items() if k not in speed_only}}
     may_change = {**{k: decoding[k] for k in speed_only}, "limit": config.limit}
     plan = rundir.plan(folder, identity, kind="task", outputs=TASK_OUTPUTS,

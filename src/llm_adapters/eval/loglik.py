@@ -12,7 +12,7 @@ from llm_adapters.eval.packed import plain_linears
 
 @torch.no_grad()
 def continuation_logliks(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], *, template: str = "original",
-                         batch_size: int = 8) -> list[float]:
+                         batch_size: int = 8, split: str = "apart") -> list[float]:
     """Sum of log-probabilities of each continuation given its context (lm-eval's loglikelihood).
 
     Context and continuation are tokenised apart, as training tokenises a prompt and its response
@@ -31,9 +31,10 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: list[tuple[str, str]
         pairs: (context, continuation) strings; pairs with the same context are scored together.
         template: the prompts' template (whether the tokenizer adds special tokens).
         batch_size: contexts (plain path: sequences) per forward pass.
+        split: `apart` (default) or `whole` (lm-eval's tokenisation), see `templates.encode_pair`.
     """
     model.eval()
-    encoded = [encode_pair(tokenizer, context, continuation, template) for context, continuation in pairs]
+    encoded = [encode_pair(tokenizer, context, continuation, template, split) for context, continuation in pairs]
     with plain_linears():  # F.linear even inside an evaluation's packed block: the values are results
         if is_prompt_learning(model):
             return _plain_logliks(model, tokenizer, encoded, batch_size)
