@@ -136,3 +136,60 @@ def test_every_method_of_the_family_trains_under_ddp(tmp_path):
     for method in METHODS:
         manifest = json.loads((tmp_path / "out" / method / "manifest.json").read_text())
         assert manifest["training"]["devices"] == 2 and manifest["training"]["steps"] == 1, method
+
+
+_LATE_RANK = """
+import importlib, sys, time
+evaluate = importlib.import_module("llm_adapters.eval.evaluate")  # (the package exports the function evaluate)
+answer = evaluate._answer_share
+def late(*args, **kwargs):  # rank 1 finishes each task's share long after rank 0
+    answer(*args, **kwargs)
+    if evaluate.dist.rank() == 1:
+        time.sleep(12)
+evaluate._answer_share = late
+from llm_adapters.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.shared_data
+def test_a_rank_that_finishes_much_later_than_the_timeout_does_not_fail_a_sharded_evaluation(tmp_path):
+    # A 5-second process-group timeout and a rank 12 seconds late on each of two tasks: processes that met at a
+    # barrier per task would time out; they meet at the start, and the main process waits for the shares' files.
+    script = tmp_path / "late_rank.py"
+    script.write_text(_LATE_RANK)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), *EVAL, "--output-dir", str(tmp_path / "two"), "--dist-timeout", "5"],
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert main([*EVAL, "--output-dir", str(tmp_path / "single")]) == 0
+    for task in ("gsm8k", "boolq"):
+        assert _records(tmp_path / "two" / task) == _records(tmp_path / "single" / task)
+    assert not list((tmp_path / "two").glob(".shard*"))
+
+
+def test_each_process_of_a_launch_gets_its_own_gpu_before_anything_loads(monkeypatch):
+    import torch
+
+    from llm_adapters.models import resolve_device
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setenv("WORLD_SIZE", "16")  # two machines of 8
+    for asked in ("cuda", "auto", torch.device("cuda")):
+        assert resolve_device(asked) == torch.device("cuda", 3)
+    assert current == [torch.device("cuda", 3)] * 3  # the current device, set as the device is chosen
+    with pytest.raises(ValueError, match=r"^device 'cuda:1' asked for by each of 8 processes on this machine, which "
+                                         r"would all share that GPU; use --device cuda"):
+        resolve_device("cuda:1")
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("cuda:5") == torch.device("cuda", 5)  # one process may pick any GPU
+    with pytest.raises(ValueError, match=r"device 'cuda:9' asked for, but this machine has 8 CUDA device"):
+        resolve_device("cuda:9")

@@ -23,6 +23,28 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def local_world_size() -> int:
+    """Processes on this machine (torchrun and accelerate set LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
+# How long a process waits for the others at a collective before it fails. torch's default (NCCL: 10 minutes)
+# kills long evaluations whose processes finish a task far apart; ours is hours (`set_timeout`, the commands'
+# `timeout` setting).
+DEFAULT_TIMEOUT = 4 * 3600
+_timeout = DEFAULT_TIMEOUT
+
+
+def set_timeout(seconds: float) -> None:
+    """The process group's timeout, used when it is created (at the first barrier)."""
+    global _timeout
+    _timeout = seconds
+
+
+def timeout() -> float:
+    return _timeout
+
+
 def is_main() -> bool:
     return rank() == 0
 
@@ -35,10 +57,12 @@ def barrier() -> None:
     import torch.distributed as distributed
 
     if not distributed.is_initialized():
+        import datetime
+
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(local_rank())
-        distributed.init_process_group("nccl" if cuda else "gloo")
+        distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=_timeout))
     distributed.barrier()
 
 

@@ -143,16 +143,21 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` -> CUDA if present (cuda:LOCAL_RANK under a launcher), else CPU; `cpu`, `cuda`, `cuda:N` are
-    checked against this machine.
+    """The device this process computes on. `auto` is CUDA if present, else the CPU; `cuda` without an index is
+    this process's GPU: `cuda:LOCAL_RANK` under a launcher (torchrun, accelerate), `cuda:0` alone; `cuda:N` is that
+    GPU, which several processes of one machine cannot share. A CUDA device is also made the current one here,
+    before anything loads, so that every rank's model and collectives go to its own GPU.
 
     Raises:
-        UserError: a CUDA device this machine does not have, or an unknown device name.
+        UserError: a CUDA device this machine does not have, `cuda:N` given to several processes of one
+            machine, or an unknown device name.
     """
+    from llm_adapters import dist
+
     if isinstance(device, torch.device):
         device = str(device)
-    if device == "auto":  # under torchrun, each process its own GPU
-        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
@@ -161,9 +166,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise UserError(f"device {device!r} asked for, but this machine has no CUDA GPU (torch "
                             f"{torch.__version__}); use --device cpu or auto")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise UserError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
-                            f"device(s): cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        if resolved.index is not None and dist.local_world_size() > 1:
+            raise UserError(f"device {device!r} asked for by each of {dist.local_world_size()} processes on this "
+                            "machine, which would all share that GPU; use --device cuda (each process its own GPU, "
+                            "cuda:LOCAL_RANK) or auto")
+        if resolved.index is None:  # each launched process its own GPU
+            resolved = torch.device("cuda", dist.local_rank())
+        if resolved.index >= torch.cuda.device_count():
+            raise UserError(f"device {str(resolved)!r} asked for, but this machine has {torch.cuda.device_count()} "
+                            f"CUDA device(s): cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        torch.cuda.set_device(resolved)
     elif resolved.type != "cpu":
         raise UserError(f"device {device!r} is not supported here; accepted: auto, cpu, cuda, cuda:N")
     return resolved

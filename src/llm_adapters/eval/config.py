@@ -70,6 +70,9 @@ class EvalConfig:
     allow_base_mismatch: bool = field(default=False, metadata={
         "help": "evaluate an adapter on another base model than the one it was trained on"})
     trust_remote_code: bool = field(default=False, metadata={"help": "let the checkpoint run its own Python code"})
+    dist_timeout: int = field(default=4 * 3600, metadata={
+        "help": "seconds a process waits for the others under several processes before it fails (torch's default "
+                "is 10 minutes with NCCL); a sharded evaluation meets only at its start and its end"})
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str):
@@ -105,7 +108,7 @@ def _problems(c: EvalConfig):
             yield f"{name} {getattr(c, name)!r} is not one of {', '.join(choices)}"
     if c.template is not None and c.template not in TEMPLATES:
         yield f"template {c.template!r} is not one of {', '.join(TEMPLATES)}"
-    for name in ("limit", "batch_size", "max_new_tokens"):
+    for name in ("limit", "batch_size", "max_new_tokens", "dist_timeout"):
         value = getattr(c, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             yield f"{name} must be a positive integer, got {value!r}"

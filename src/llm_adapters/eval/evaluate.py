@@ -198,12 +198,19 @@ def _summary(task_data: TaskData, done: list[dict[str, Any]], settings: _Setting
     return summary
 
 
-def _evaluate_task(model: Any, tokenizer: Any, task_data: TaskData, output_dir: Path, settings: _Settings,
-                   model_record: dict[str, Any], training_cutoff: int | None) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+@dataclass(frozen=True)
+class _TaskPlan:
+    """What one task of an evaluation does with its folder (`rundir.plan`), decided by every process."""
 
-    task, records, config = task_data.task, task_data.records, settings.config
-    folder = output_dir / task.name
+    data: TaskData
+    folder: Path
+    plan: rundir.Plan
+    identity: dict[str, Any]
+    may_change: dict[str, Any]
+
+
+def _plan_task(task_data: TaskData, output_dir: Path, settings: _Settings) -> _TaskPlan:
+    task, config = task_data.task, settings.config
     decoding = settings.decode.settings(task)
     # where answers do not depend on the batch, its size and the drafts are speed only; elsewhere they are identity
     speed_only = SPEED_ONLY if batch_invariant(settings.precision) else ()
@@ -212,36 +219,52 @@ def _evaluate_task(model: Any, tokenizer: Any, task_data: TaskData, output_dir: 
                 **({"loglik_split": config.loglik_split} if _logliks(task, config.scoring) else {}),
                 "precision": settings.precision, **{k: v for k, v in decoding.items() if k not in speed_only}}
     may_change = {**{k: decoding[k] for k in speed_only}, "limit": config.limit}
+    folder = output_dir / task.name
     plan = rundir.plan(folder, identity, kind="task", outputs=TASK_OUTPUTS,
                        overwrite="different" if config.overwrite else False, may_change=may_change,
                        what="task folder", flag="--output-dir")
-    dist.barrier()  # every process has read the folder before the main one changes it
-    log = PredictionLog(folder / "predictions.jsonl")
-    if dist.is_main():
-        rundir.begin(folder, plan, identity, may_change, record={"data": str(task_data.path)}, kind="task",
-                     outputs=TASK_OUTPUTS)
-        _merge_parts(log)  # a killed multi-process run's shares, whatever the number of processes now
-    dist.barrier()
-    n = min(len(records), config.limit) if config.limit is not None else len(records)
+    return _TaskPlan(task_data, folder, plan, identity, may_change)
+
+
+def _begin_task(planned: _TaskPlan) -> None:
+    """The main process: the task folder's run.json, and the shares a killed multi-process run left merged."""
+    rundir.begin(planned.folder, planned.plan, planned.identity, planned.may_change,
+                 record={"data": str(planned.data.path)}, kind="task", outputs=TASK_OUTPUTS)
+    _merge_parts(PredictionLog(planned.folder / "predictions.jsonl"))  # whatever the number of processes now
+
+
+def _limit(task_data: TaskData, config: EvalConfig) -> int:
+    records = task_data.records
+    return min(len(records), config.limit) if config.limit is not None else len(records)
+
+
+def _answer_share(model: Any, tokenizer: Any, planned: _TaskPlan, settings: _Settings) -> None:
+    """This process's share of the task's pending questions, appended (and fsynced) to its predictions file: the
+    task's own with one process, `predictions.rank<r>.jsonl` with several."""
+    from tqdm.auto import tqdm
+
+    task, records, config = planned.data.task, planned.data.records, settings.config
+    log = PredictionLog(planned.folder / "predictions.jsonl")
+    n = _limit(planned.data, config)
     done = log.load()  # every record ever paid for, also those past a smaller limit: none is deleted
-    # Under several processes each answers its share of the pending questions into its own file.
     todo = [i for i in range(n) if i not in done]
     pending = dist.share(todo)
-    mine = log if dist.world_size() == 1 else PredictionLog(folder / f"predictions.rank{dist.rank()}.jsonl")
+    mine = log if dist.world_size() == 1 else PredictionLog(planned.folder / f"predictions.rank{dist.rank()}.jsonl")
     prompts = {i: build_prompt(records[i]["instruction"], records[i].get("input", ""), template=settings.template,
                                tokenizer=tokenizer) for i in pending}
     with tqdm(total=n, initial=n - len(todo), desc=task.name, unit="ex",
               disable=not config.progress or not dist.is_main()) as bar:
         for indices, generations, seconds in _chunks(model, tokenizer, task, pending, prompts, settings):
-            results = _score(model, tokenizer, task, records, indices, prompts, generations, seconds, settings)
-            mine.append(results)
-            done.update((r["index"], r) for r in results)
-            bar.update(len(results) * dist.world_size())
-    dist.barrier()
-    if not dist.is_main():
-        dist.barrier()  # the main process merges and writes the summary
-        return json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    done = _merge_parts(log)
+            mine.append(_score(model, tokenizer, task, records, indices, prompts, generations, seconds, settings))
+            bar.update(len(indices) * dist.world_size())
+
+
+def _finish_task(model: Any, tokenizer: Any, planned: _TaskPlan, settings: _Settings, model_record: dict[str, Any],
+                 training_cutoff: int | None) -> dict[str, Any]:
+    """The main process, once every share is in: merge them, then the summary."""
+    task_data, folder, config = planned.data, planned.folder, settings.config
+    done = _merge_parts(PredictionLog(folder / "predictions.jsonl"))
+    n = _limit(task_data, config)
     reported = [done[i] for i in range(n)]
     summary = _summary(task_data, reported, settings, model_record, training_cutoff)
     if config.check_invariance:
@@ -250,11 +273,23 @@ def _evaluate_task(model: Any, tokenizer: Any, task_data: TaskData, output_dir: 
         all_lengths = prompt_lengths(tokenizer, [r["prompt"] for r in reported], settings.template)
         summary["prompts_over_adapter_cutoff"] = sum(length >= training_cutoff for length in all_lengths)
     write_json_atomic(folder / "summary.json", summary)
-    dist.barrier()
     if not config.progress:  # one line per task instead of the bar, for logs
-        print(f"{task.name}: {summary['n']} examples, {summary['metric']} accuracy {100 * summary['accuracy']:.1f} %, "
-              f"{summary['seconds']:.1f} s", flush=True)
+        print(f"{task_data.task.name}: {summary['n']} examples, {summary['metric']} accuracy "
+              f"{100 * summary['accuracy']:.1f} %, {summary['seconds']:.1f} s", flush=True)
     return summary
+
+
+def _shard_done(output_dir: Path, rank: int) -> Path:
+    return output_dir / f".shard{rank}.done"
+
+
+def _wait_for_shards(output_dir: Path) -> None:
+    """The main process waits for every other process's marker: a file, not a collective, so a process that
+    finishes its share hours after the others fails nothing (torchrun stops the job if a process dies)."""
+    waiting = [r for r in range(1, dist.world_size()) if not _shard_done(output_dir, r).exists()]
+    while waiting:
+        time.sleep(0.5)
+        waiting = [r for r in waiting if not _shard_done(output_dir, r).exists()]
 
 
 def _merge_parts(log: PredictionLog) -> dict[int, dict[str, Any]]:
@@ -418,28 +453,46 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, *, prepared: Prepar
     identity = {"base_model": base_identity(base_name), "adapter": adapter_identity(model), "precision": precision}
     output_dir = Path(config.output_dir) if config.output_dir else config.default_output_dir()
     rundir.check_apart(output_dir, {"base model": base_name, "adapter": config.adapter})
-    outputs = ("results.md", *(d.task.name for d in prepared.data))
+    outputs = ("results.md", ".shard*.done", *(d.task.name for d in prepared.data))
+    dist.set_timeout(config.dist_timeout)
     plan = rundir.plan(output_dir, identity, kind="evaluation", outputs=outputs,
                        overwrite="different" if config.overwrite else False, what="--output-dir")
-    dist.barrier()
-    if dist.is_main():
-        rundir.begin(output_dir, plan, identity, record={"base_model": base_name, "adapter": config.adapter},
-                     kind="evaluation", outputs=outputs)
-    dist.barrier()
     parameter = next(model.parameters())
     model_record = {"model": base_name, "adapter": config.adapter, "model_identity": identity,
                     "provenance": provenance(device=str(parameter.device), dtype=precision["compute"])}
     settings = _Settings(template, decode, config, precision)
+    # Under several processes they meet twice: here, once every one has read the folders (the main one then
+    # writes them), and at the end, where the main one waits for the others' shares (`_wait_for_shards`).
+    planned = [_plan_task(d, output_dir, settings) if plan.action != "replace" else None for d in prepared.data]
+    dist.barrier()  # every process has read the folders before the main one changes them
+    if dist.is_main():
+        rundir.begin(output_dir, plan, identity, record={"base_model": base_name, "adapter": config.adapter},
+                     kind="evaluation", outputs=outputs)
+        planned = [p or _plan_task(d, output_dir, settings) for p, d in zip(planned, prepared.data)]
+        for task_plan in planned:
+            _begin_task(task_plan)
+        for marker in output_dir.glob(".shard*.done"):
+            marker.unlink()
+    dist.barrier()
+    if not dist.is_main():  # the folders as the main process left them
+        planned = [_TaskPlan(d, output_dir / d.task.name, rundir.Plan("resume"), {}, {}) for d in prepared.data]
     generates = any(_generates(d.task, config.scoring) for d in prepared.data)
     # bf16 products for the whole evaluation; else the weights packed once for all the tasks that generate
     # (generate_stream would pack them per task)
     with (bf16_products(model) if precision["compute"] == "bf16-products" else
           packed_linears(model) if generates else contextlib.nullcontext()):
-        summaries = {d.task.name: _evaluate_task(model, tokenizer, d, output_dir, settings, model_record,
-                                                 trained.get("cutoff_len")) for d in prepared.data}
+        for task_plan in planned:
+            _answer_share(model, tokenizer, task_plan, settings)
+        if not dist.is_main():
+            write_text_atomic(_shard_done(output_dir, dist.rank()), "done\n")
+            return {"tasks": {}, "skipped": prepared.skipped, "table": "", "output_dir": str(output_dir)}
+        _wait_for_shards(output_dir)
+        summaries = {p.data.task.name: _finish_task(model, tokenizer, p, settings, model_record,
+                                                    trained.get("cutoff_len")) for p in planned}
+    for marker in output_dir.glob(".shard*.done"):
+        marker.unlink()
     table = results_table(output_dir, prepared.skipped)
-    if dist.is_main():
-        write_text_atomic(output_dir / "results.md", table)
+    write_text_atomic(output_dir / "results.md", table)
     return {"tasks": summaries, "skipped": prepared.skipped, "table": table, "output_dir": str(output_dir)}
 
 

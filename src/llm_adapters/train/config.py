@@ -27,7 +27,7 @@ REPORT_TO = ("none", "tensorboard", "wandb")
 # batches of batch_size whatever the micro-batches, so a run killed for memory resumes with a smaller one). Every
 # other setting is part of the run's identity (rundir.py).
 RESUME_MAY_CHANGE = ("overwrite", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints", "progress",
-                     "report_to", "deepspeed", "micro_batch_size")
+                     "report_to", "deepspeed", "micro_batch_size", "dist_timeout")
 # Inputs named by path in the config but identified by content: data by its sha256, the base model by
 # models.base_identity; output_dir is where the run lives, not what it is.
 IDENTIFIED_BY_CONTENT = ("data", "base_model", "output_dir")
@@ -91,6 +91,9 @@ class FinetuneConfig:
     save_steps: int = field(default=80, metadata={"help": "checkpoint every N steps (resume point after a kill)"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept while training"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints/ after the run finishes"})
+    dist_timeout: int = field(default=4 * 3600, metadata={
+        "help": "seconds a process waits for the others at a collective under several processes before it fails "
+                "(torch's default is 10-30 minutes)"})
     deepspeed: str | None = field(default=None, metadata={
         "help": "a DeepSpeed config (JSON, e.g. configs/launch/deepspeed-zero2.json) for the Trainer; launch with "
                 "torchrun or deepspeed"})
@@ -181,6 +184,7 @@ def _problems(c: FinetuneConfig):
         if getattr(c, name) not in choices:
             yield f"{name} {getattr(c, name)!r} is not one of {', '.join(choices)}"
     for name in ("cutoff_len", "batch_size", "micro_batch_size", "logging_steps", "eval_steps", "save_steps",
+                 "dist_timeout",
                  "save_total_limit"):
         value = getattr(c, name)
         if not _is_int(value) or value < 1:

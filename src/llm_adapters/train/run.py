@@ -110,6 +110,7 @@ class FinetuneRun:
         identity = {**config.identity(), "precision": precision, "data_sha256": data["sha256"],
                     "base_model": base_identity(config.base_model)}
         rundir.check_apart(out, {"base model": config.base_model}, flag="output_dir")
+        dist.set_timeout(config.dist_timeout)
         plan = rundir.plan(out, identity, kind="finetune", outputs=OUTPUTS, finished=MANIFEST,
                            overwrite=config.overwrite, may_change=config.may_change())
         dist.barrier()  # every process has read the folder before the main one changes it

@@ -177,6 +177,7 @@ def training_arguments(config: FinetuneConfig, checkpoints: Path, accumulation: 
         report_to=config.report_to,
         deepspeed=config.deepspeed,
         ddp_find_unused_parameters=False,
+        ddp_timeout=config.dist_timeout,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # on the CPU, torchrun's processes then train as one (gloo DDP)
