@@ -353,6 +353,28 @@ def _run_study_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_command(subparsers: argparse._SubParsersAction) -> None:
+    from llm_adapters.export.config import ExportConfig
+
+    parser = subparsers.add_parser(
+        "export", help="ship an adapter: merged into its base (transformers folder or GGUF), or as a GGUF LoRA",
+        description="Examples: llm-adapters export runs/demo --out runs/demo-hf; llm-adapters export runs/demo "
+                    "--out runs/demo-gguf --format gguf --dtype f16; llm-adapters export runs/demo --out "
+                    "runs/demo-lora --format gguf-lora. Series, Parallel and prompt-learning adapters change no "
+                    "weight and are refused (evaluate them here).")
+    parser.add_argument("adapter", metavar="ADAPTER", help=configs.fields(ExportConfig)["adapter"].metadata["help"])
+    configs.add_flags(parser, ExportConfig, exclude=("adapter",))
+    parser.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from llm_adapters.export import ExportConfig, export_adapter
+
+    export_adapter(configs.build(ExportConfig, {**configs.given(args, ExportConfig), "adapter": args.adapter},
+                                 label="export settings"))
+    return 0
+
+
 def _add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     from llm_adapters.demo import DemoOptions
 
@@ -387,6 +409,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_params_command(subparsers)
     _add_methods_command(subparsers)
     _add_study_commands(subparsers)
+    _add_export_command(subparsers)
     _add_demo_command(subparsers)
     _add_data_commands(subparsers)
     return parser
