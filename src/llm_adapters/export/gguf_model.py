@@ -117,6 +117,9 @@ def _add_tokenizer(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int, pre
         index = getattr(tokenizer, f"{kind}_token_id", None)
         if index is not None:
             getattr(writer, f"add_{kind}_token_id")(index)
+    pre = backend.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre])
+    writer.add_add_space_prefix(any(step.get("type") == "ByteLevel" and step.get("add_prefix_space") for step in steps))
     probe = tokenizer("a")["input_ids"]
     writer.add_add_bos_token(tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id])
     if getattr(tokenizer, "chat_template", None):
