@@ -375,6 +375,36 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generate_command(subparsers: argparse._SubParsersAction) -> None:
+    from llm_adapters.compare import GenerateConfig
+
+    parser = subparsers.add_parser(
+        "generate", help="the base model and each adapter answering the same prompts, side by side",
+        description="Greedy answers of the evaluation engine. Examples: llm-adapters generate --base-model "
+                    "smollm2-135m --adapter runs/demo --prompt 'What is 12 plus 30?'; llm-adapters generate "
+                    "--base-model smollm2-135m --adapter runs/a runs/b --prompts questions.jsonl --task gsm8k --json")
+    parser.add_argument("--adapter", action="extend", nargs="+", default=argparse.SUPPRESS, metavar="ADAPTER",
+                        help=configs.fields(GenerateConfig)["adapter"].metadata["help"] + " (several after one "
+                        "flag, or the flag repeated)")
+    configs.add_flags(parser, GenerateConfig, exclude=("adapter",))
+    parser.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    import json
+
+    from llm_adapters.compare import GenerateConfig, format_rows, generate
+
+    values = configs.given(args, GenerateConfig)
+    if "adapter" in values:
+        values["adapter"] = tuple(values["adapter"])
+    rows = generate(configs.build(GenerateConfig, values, label="generate settings"))
+    as_json = getattr(args, "json", False)  # a boolean flag that was not given is not in args
+    print("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows) if as_json else format_rows(rows),
+          end="")
+    return 0
+
+
 def _add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     from llm_adapters.demo import DemoOptions
 
@@ -410,6 +440,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_methods_command(subparsers)
     _add_study_commands(subparsers)
     _add_export_command(subparsers)
+    _add_generate_command(subparsers)
     _add_demo_command(subparsers)
     _add_data_commands(subparsers)
     return parser

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from llm_adapters.data.templates import adds_special_tokens, build_prompt
-from llm_adapters.errors import MissingInputError, OutputExistsError, UserError
+from llm_adapters.errors import OutputExistsError, UserError
 from llm_adapters.export.config import DTYPES, ExportConfig
 from llm_adapters.files import atomic_folder, sha256_file, sha256_files, write_json_atomic, write_text_atomic
 from llm_adapters.provenance import provenance
@@ -37,20 +37,6 @@ _NOT_A_WEIGHT_CHANGE = {
 }
 _LORA_AS_SAVED = ("lora", "rslora", "pissa", "olora")  # saved as plain LoRA pairs (PiSSA/OLoRA: of rank 2r)
 PROBES = ("What is 12 plus 30? Answer with a number.", "Is the sky blue on a clear day? Answer true or false.")
-
-
-def adapter_folder(path: str | Path) -> Path:
-    """The adapter folder of an adapter, fine-tune run or study run folder.
-
-    Raises:
-        MissingInputError: none of them holds an adapter_config.json.
-    """
-    folder = Path(path)
-    for candidate in (folder, folder / "adapter"):
-        if (candidate / "adapter_config.json").is_file():
-            return candidate
-    raise MissingInputError(f"{folder} holds no adapter (no adapter_config.json in it or in {folder / 'adapter'}); "
-                            "give an adapter folder, a fine-tune run folder or a study run folder")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -168,7 +154,7 @@ def export_adapter(config: ExportConfig) -> dict[str, Any]:
         OutputExistsError: `config.out` holds other files, or an earlier export without `overwrite`.
         UserError: a method, format, architecture or tokenizer that cannot be exported so (one line each).
     """
-    from llm_adapters.methods import load_adapter
+    from llm_adapters.methods import adapter_folder, load_adapter
     from llm_adapters.models import base_identity, load_meta, load_model
 
     folder = adapter_folder(config.adapter)
