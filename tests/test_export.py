@@ -363,3 +363,73 @@ def test_export_gguf_of_the_embedded_model_matches_its_own_gguf_and_our_loader(t
     monkeypatch.setenv("LLM_ADAPTERS_CACHE", str(tmp_path / "cache"))  # the converted copy goes with tmp_path
     reread, tokenizer = load_model(str(tmp_path / "gguf" / "model.gguf"))
     assert _largest(_logits(reread, tokenizer), expected) < 1e-4
+
+
+_LLAMA_CPP_SCRIPT = """
+import json, sys
+import numpy as np
+from llama_cpp import Llama
+paths, ids = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+def logits(model, lora=None):
+    llm = Llama(model_path=model, lora_path=lora, logits_all=True, n_ctx=64, n_threads=1, verbose=False, seed=0)
+    llm.eval(ids)
+    return np.array(llm.scores[:len(ids)]).tolist()
+print(json.dumps({"base": logits(paths["base"]), "merged": logits(paths["merged"]),
+                  "lora": logits(paths["base"], paths["lora"])}))
+"""
+
+
+def _llama_cpp_python() -> str | None:
+    """An interpreter that has llama-cpp-python: this one, or $LLM_ADAPTERS_LLAMA_CPP_PYTHON (it needs compiling,
+    so it is not part of the test extra)."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("llama_cpp") is not None:
+        return sys.executable
+    return os.environ.get("LLM_ADAPTERS_LLAMA_CPP_PYTHON")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_llamacpp_runs_the_gguf_export_and_the_gguf_lora_as_transformers_runs_the_adapter(
+        tmp_path: Path, arch: str) -> None:
+    """llama.cpp itself (llama-cpp-python): the merged GGUF, and the base GGUF with the GGUF LoRA (rsLoRA: the
+    scale only right if alpha is written as PEFT's scale times r), give the adapter model's logits."""
+    interpreter = _llama_cpp_python()
+    if interpreter is None:
+        print("skipped: llama-cpp-python is not installed here (pip install llama-cpp-python compiles llama.cpp; "
+              "or set LLM_ADAPTERS_LLAMA_CPP_PYTHON to an interpreter that has it)")
+        pytest.skip("llama-cpp-python not installed (set LLM_ADAPTERS_LLAMA_CPP_PYTHON to a Python that has it)")
+    from transformers import AutoConfig
+
+    from llm_adapters.export.gguf_model import write_model_gguf
+    from llm_adapters.models import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")  # llama.cpp needs a BPE vocabulary with merges: SmolLM2's
+    config = AutoConfig.for_model(arch, vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    base = str(tmp_path / "base")
+    folder = _adapter(tmp_path, base, {"method": "rslora", "r": 4, "alpha": 8})
+    for fmt in ("gguf", "gguf-lora"):
+        export_adapter(ExportConfig(adapter=str(folder), out=str(tmp_path / fmt), base_model=base, format=fmt))
+    model, _ = load_model(base)
+    write_model_gguf(model, tokenizer, tmp_path / "base.gguf", "float32", "base")
+    ids = tokenizer("The quick brown fox jumps over the lazy dog. 12 + 30 = 42")["input_ids"]
+    with torch.no_grad():
+        expected = load_adapter(load_model(base)[0], folder)(torch.tensor([ids])).logits[0]
+        plain = model(torch.tensor([ids])).logits[0]
+    paths = {"base": str(tmp_path / "base.gguf"), "merged": str(tmp_path / "gguf" / "model.gguf"),
+             "lora": str(tmp_path / "gguf-lora" / "adapter.gguf")}
+    output = subprocess.run([interpreter, "-c", _LLAMA_CPP_SCRIPT, json.dumps(paths), json.dumps(ids)],
+                            capture_output=True, text=True, check=True).stdout
+    ran = {key: torch.tensor(value) for key, value in json.loads(output.strip().splitlines()[-1]).items()}
+    assert float((expected - plain).abs().max()) > 0.1  # the adapter moves the logits far more than the tolerance
+    # llama.cpp keeps its KV cache in f16: its logits differ from transformers' fp32 in the third decimal.
+    assert float((ran["base"] - plain).abs().max()) < 5e-3
+    assert float((ran["merged"] - expected).abs().max()) < 5e-3
+    assert float((ran["lora"] - ran["merged"]).abs().max()) < 1e-4
