@@ -405,6 +405,28 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ui_command(subparsers: argparse._SubParsersAction) -> None:
+    from llm_adapters.ui.config import UiConfig
+
+    parser = subparsers.add_parser(
+        "ui", help="a local web app: compare models side by side, read a study, browse runs (Gradio)",
+        description="Tabs Compare, Study, Runs; offline, listening on 127.0.0.1 unless --host says otherwise. "
+                    "Example: llm-adapters ui --base-model smollm2-135m --adapter runs/demo --study runs/studies/x")
+    for name in ("adapter", "study"):
+        parser.add_argument(f"--{name}", action="extend", nargs="+", default=argparse.SUPPRESS,
+                            metavar=name.upper(), help=configs.fields(UiConfig)[name].metadata["help"])
+    configs.add_flags(parser, UiConfig, exclude=("adapter", "study"))
+    parser.set_defaults(func=_run_ui)
+
+
+def _run_ui(args: argparse.Namespace) -> int:
+    from llm_adapters.ui import UiConfig, launch
+
+    values = {k: tuple(v) if k in ("adapter", "study") else v for k, v in configs.given(args, UiConfig).items()}
+    launch(configs.build(UiConfig, values, label="ui settings"))
+    return 0
+
+
 def _add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     from llm_adapters.demo import DemoOptions
 
@@ -441,6 +463,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_study_commands(subparsers)
     _add_export_command(subparsers)
     _add_generate_command(subparsers)
+    _add_ui_command(subparsers)
     _add_demo_command(subparsers)
     _add_data_commands(subparsers)
     return parser
