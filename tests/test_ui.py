@@ -34,14 +34,15 @@ COMPARISONS = [["a", "b", "scope", "difference", "se", "z", "p", "p_holm", "verd
                 "1", "0"]]
 
 
-def _write_run(study: Path, name: str, values: dict[str, Any], correct: list[bool], answers: list[str]) -> None:
+def _write_run(study: Path, name: str, values: dict[str, Any], correct: list[bool], answers: list[str],
+               method: str | None = None) -> None:
     """A finished study run as the runner leaves it: result.json with per-question outcomes, and the evaluation's
     predictions."""
     folder = study / "runs" / f"{name}-0123456789"
     (folder / "eval" / "sums").mkdir(parents=True)
     (folder / "result.json").write_text(json.dumps({
-        "id": "0123456789", "name": name, "study": "hand-made", "values": values, "method": values["method"],
-        "seed": values["seed"], "tasks": {"sums": {"accuracy": sum(correct) / 3, "n": 3, "correct": sum(correct),
+        "id": "0123456789", "name": name, "study": "hand-made", "values": values,
+        "method": method or values["method"], "seed": values.get("seed"), "tasks": {"sums": {"accuracy": sum(correct) / 3, "n": 3, "correct": sum(correct),
                                                    "group": "math", "outcomes": correct}}}))
     (folder / "eval" / "sums" / "predictions.jsonl").write_text("".join(json.dumps({
         "index": i, "prompt": f"### Instruction:\n{q['instruction']}\n\n### Response:\n", "generation": f"The answer is "
@@ -70,6 +71,7 @@ def make_study(root: Path) -> Path:
                ["3", "17", "31"])
     _write_run(study, "series-mlp-s1", {"method": "series", "placement": "mlp", "seed": 1}, [True, False, False],
                ["3", "18", "30"])
+    _write_run(study, "base", {}, [False, False, True], ["4", "18", "32"], method="base")  # no seed: trained once
     return study
 
 
@@ -90,11 +92,14 @@ def test_study_files_read_the_table_plots_and_the_questions_two_configurations_d
     assert header == TABLE[0] and rows[0][:3] == ["lora-attn", "sums", "0.6667"]
     assert studies.comparisons(study)[1][0][8] == "inside the noise"
     assert [p.name for p in studies.plots(study)] == ["accuracy.png"]
-    assert list(studies.configurations(study)) == ["lora-attn", "series-mlp"]
+    assert sorted(studies.configurations(study)) == ["base", "lora-attn", "series-mlp"]
     differing = studies.disagreements(study, "lora-attn", "series-mlp", "sums")
     assert [(d["index"], d["a_correct"], d["b_correct"], d["a_answer"], d["b_answer"]) for d in differing] == [
         (1, True, False, 17.0, 18.0)]
     assert differing[0]["question"] == "What is 13 plus 4?"
+    # The base model, run once without a seed, is compared with each seed of the other configuration.
+    assert [(d["index"], d["seed"], d["a_correct"]) for d in studies.disagreements(study, "base", "lora-attn", "sums")
+            ] == [(0, 1, False), (1, 1, False), (2, 1, True)]
     assert studies.table(tmp_path / "nothing") == ([], [])
 
 
@@ -227,7 +232,7 @@ def test_ui_study_shows_the_hand_made_table_and_the_disagreements(page: Any) -> 
     text = table.inner_text()
     assert "lora-attn" in text and "0.6667" in text and "0.9385" in text
     page.get_by_role("button", name="Show").click()
-    page.get_by_text("1 answers on sums where lora-attn (A) and series-mlp (B) differ").wait_for(timeout=30_000)
+    page.get_by_text("3 answers on sums where base (A) and lora-attn (B) differ").wait_for(timeout=30_000)
     assert "What is 13 plus 4?" in page.content()
     _shot(page, "study")
 

@@ -95,22 +95,33 @@ def _predictions(run: Path, task: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _paired_seeds(a: dict[Any, Path], b: dict[Any, Path]) -> list[tuple[Any, Any]]:
+    """The (seed of a, seed of b) pairs to compare: the seeds both have; a configuration run once without a seed
+    (the base model) pairs with every seed of the other."""
+    if list(a) == [None]:
+        return [(None, seed) for seed in b]
+    if list(b) == [None]:
+        return [(seed, None) for seed in a]
+    return [(seed, seed) for seed in a if seed in b]
+
+
 def disagreements(study: str | Path, a: str, b: str, task: str) -> list[dict[str, Any]]:
     """The questions of `task` that configurations `a` and `b` answered differently (one right, one wrong), seed
-    by seed for the seeds both have (a question is a question: seeds are the same questions again): question
-    index, seed, gold, each one's extracted answer, whether right, and generation."""
+    by seed (`_paired_seeds`; a question is a question: seeds are the same questions again): question index,
+    seed, gold, each one's extracted answer, whether right, and generation."""
     groups = configurations(study)
     rows = []
-    for seed in [s for s in groups.get(a, {}) if s in groups.get(b, {})]:
-        left, right = _predictions(groups[a][seed], task), _predictions(groups[b][seed], task)
+    for seed_a, seed_b in _paired_seeds(groups.get(a, {}), groups.get(b, {})):
+        left, right = _predictions(groups[a][seed_a], task), _predictions(groups[b][seed_b], task)
         outcome = {"a": {r["index"]: r for r in left}, "b": {r["index"]: r for r in right}}
         for index in sorted(set(outcome["a"]) & set(outcome["b"])):
             x, y = outcome["a"][index], outcome["b"][index]
             if bool(x.get("correct")) != bool(y.get("correct")):
-                rows.append({"index": index, "seed": seed, "gold": x.get("gold"), "question": _question(x["prompt"]),
-                             "a_answer": x.get("prediction"), "a_correct": bool(x.get("correct")),
-                             "a_generation": x.get("generation", ""), "b_answer": y.get("prediction"),
-                             "b_correct": bool(y.get("correct")), "b_generation": y.get("generation", "")})
+                rows.append({"index": index, "seed": seed_a if seed_a is not None else seed_b, "gold": x.get("gold"),
+                             "question": _question(x["prompt"]), "a_answer": x.get("prediction"),
+                             "a_correct": bool(x.get("correct")), "a_generation": x.get("generation", ""),
+                             "b_answer": y.get("prediction"), "b_correct": bool(y.get("correct")),
+                             "b_generation": y.get("generation", "")})
     return rows
 
 
