@@ -29,7 +29,6 @@ from llm_adapters.ui.pool import ModelPool  # noqa: E402
 
 TYPED = "(typed question)"
 OWN_TEMPLATE = "(each model's own)"
-COMPARE_HEADER = ["model", "template", "answer", "right", "tokens", "generation"]
 DISAGREE_HEADER = ["index", "seed", "gold", "question", "A answer", "A right", "B answer", "B right", "A generation",
                    "B generation"]
 
@@ -55,19 +54,34 @@ def _load_question(task: str, index: float | None, data_dir: str | None) -> tupl
             f"{task} question {i} of {len(records)} (gold answer hidden until the models answer).")
 
 
+def _verdict(row: dict[str, Any]) -> str:
+    """One model's line above its generation: the extracted answer, whether it is right, tokens, template."""
+    parts = []
+    if "answer" in row:
+        parts.append(f"answer **{row['answer']}**" + {True: " (right)", False: " (wrong)"}.get(row.get("correct"), ""))
+    parts += [f"{row['n_tokens']} tokens", f"template {row['template']}"]
+    return " · ".join(parts)
+
+
 def _ask(pool: ModelPool, instruction: str, input: str, task: str, gold: str, template: str, budget: float
-         ) -> tuple[list[list[Any]], str]:
+         ) -> list[Any]:
+    """The status line, then per model its verdict line and generation."""
+    blank = [gr.update()] * (2 * len(pool.labels))
     if not pool.labels:
-        return [], "No base model: start the app with --base-model (and --adapter ...)."
+        return ["No base model: start the app with --base-model (and --adapter ...)."]
     if not (instruction or "").strip():
-        return [], "Type a question first."
+        return ["Type a question first.", *blank]
     chosen = None if task == TYPED else task
     rows = pool.ask(instruction, input, chosen, gold or None if chosen else None,
                     None if template == OWN_TEMPLATE else template, int(budget) if budget else None)
-    table = [[r["model"], r["template"], "" if r.get("answer") is None else str(r["answer"]),
-              {True: "yes", False: "no"}.get(r.get("correct"), ""), r["n_tokens"], r["generation"]] for r in rows]
     status = f"Answered by {len(rows)} models" + (f"; gold answer: {gold}" if chosen and gold else "") + "."
-    return table, status
+    return [status, *[value for row in rows for value in (_verdict(row), row["generation"])]]
+
+
+def _short(label: str) -> str:
+    """An adapter's name in a column header: its folder's name (a study run's, for its adapter/ folder)."""
+    path = Path(label)
+    return path.parent.name if path.name == "adapter" else path.name
 
 
 def _compare_tab(config: UiConfig, pool: ModelPool) -> None:
@@ -86,10 +100,14 @@ def _compare_tab(config: UiConfig, pool: ModelPool) -> None:
     gold = gr.State("")
     ask = gr.Button("Answer", variant="primary", elem_id="compare-answer")
     status = gr.Markdown(elem_id="compare-status")
-    answers = gr.Dataframe(headers=COMPARE_HEADER, label="answers, side by side", wrap=True, interactive=False,
-                           elem_id="compare-answers")
+    answers = []
+    with gr.Row(elem_id="compare-answers", equal_height=True):
+        for label in pool.labels:
+            with gr.Column():
+                gr.Markdown(f"**{_short(label)}**")
+                answers += [gr.Markdown(), gr.Textbox(label="generation", lines=8, max_lines=30, interactive=False)]
     pick.click(lambda t, i: _load_question(t, i, config.data_dir), [task, index], [instruction, extra, gold, status])
-    ask.click(lambda *a: _ask(pool, *a), [instruction, extra, task, gold, template, budget], [answers, status])
+    ask.click(lambda *a: _ask(pool, *a), [instruction, extra, task, gold, template, budget], [status, *answers])
 
 
 # ------------------------------------------------------------------------------------------------ Study
@@ -103,7 +121,8 @@ def _study_view(study: str | None) -> tuple[Any, ...]:
             f"{study} has no report yet: run `llm-adapters study report {study}`.")
     compared_header, compared = studies.comparisons(study)
     labels, tasks = list(studies.configurations(study)), studies.tasks(study)
-    return (gr.update(value=rows, headers=header or None), gr.update(value=compared, headers=compared_header or None),
+    return (gr.update(value=rows, headers=header or None),
+            gr.update(value=compared, headers=compared_header or None, visible=bool(compared_header)),
             [str(p) for p in studies.plots(study)], note,
             gr.update(choices=labels, value=labels[0] if labels else None),
             gr.update(choices=labels, value=labels[1] if len(labels) > 1 else None),
@@ -116,7 +135,8 @@ def _disagreements(study: str | None, a: str | None, b: str | None, task: str | 
     rows = studies.disagreements(study, a, b, task)
     table = [[r["index"], r["seed"], r["gold"], r["question"], r["a_answer"], "yes" if r["a_correct"] else "no",
               r["b_answer"], "yes" if r["b_correct"] else "no", r["a_generation"], r["b_generation"]] for r in rows]
-    return table, f"{len(rows)} answers on {task} where {a} (A) and {b} (B) differ in being right."
+    return table, (f"{len(rows)} answer{'' if len(rows) == 1 else 's'} on {task} where {a} (A) and {b} (B) differ "
+                   "in being right.")
 
 
 def _study_tab(config: UiConfig) -> tuple[Any, list[Any]]:
@@ -125,7 +145,7 @@ def _study_tab(config: UiConfig) -> tuple[Any, list[Any]]:
     note = gr.Markdown()
     table = gr.Dataframe(label="table: mean over seeds, 95 % interval", interactive=False, wrap=True,
                          elem_id="study-table")
-    plots = gr.Gallery(label="plots", columns=2, height="auto", object_fit="contain", preview=False)
+    plots = gr.Gallery(label="plots", columns=3, height=360, object_fit="contain", preview=False)
     compared = gr.Dataframe(label="paired comparisons", interactive=False, wrap=True)
     gr.Markdown("**Questions on which two configurations disagree** (same question, same seed)")
     with gr.Row():
@@ -133,7 +153,8 @@ def _study_tab(config: UiConfig) -> tuple[Any, list[Any]]:
         task = gr.Dropdown(label="task")
         show = gr.Button("Show")
     verdict = gr.Markdown()
-    differing = gr.Dataframe(headers=DISAGREE_HEADER, interactive=False, wrap=True)
+    differing = gr.Dataframe(headers=DISAGREE_HEADER, interactive=False, wrap=True, max_height=900,
+                             column_widths=["5%", "5%", "6%", "20%", "6%", "5%", "6%", "5%", "21%", "21%"])
     outputs = [table, compared, plots, note, a, b, task]
     choice.change(_study_view, choice, outputs)
     show.click(_disagreements, [choice, a, b, task], [differing, verdict])
