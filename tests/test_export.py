@@ -162,6 +162,18 @@ def test_export_gguf_half_precision_keeps_vectors_in_f32_and_the_logits_close(
     assert 0 < _largest(_logits(reread, tokenizer), expected) < 2e-2
 
 
+def test_export_hf_in_bfloat16_merges_in_the_bases_fp32_and_rounds_once(tmp_path: Path) -> None:
+    folder = _adapter(tmp_path, "tiny-llama", {"method": "lora", "r": 4, "alpha": 8})
+    result = export_adapter(ExportConfig(adapter=str(folder), out=str(tmp_path / "hf"), base_model="tiny-llama",
+                                         dtype="bf16"))
+    assert (result["dtype"], result["merged_in"]) == ("bfloat16", "float32")
+    assert result["check"]["max_abs_logit_difference"] < 1e-4  # the merge itself, before the rounding
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert next(exported.parameters()).dtype == torch.bfloat16
+    expected = _adapter_logits("tiny-llama", folder)[0]
+    assert 0 < _largest([x.float() for x in _logits(exported, load_model("tiny-llama")[1])], expected) < 5e-2
+
+
 def _reverse_permute(array: np.ndarray, heads: int) -> np.ndarray:
     """transformers' GGUF reader's undoing of llama.cpp's q/k row order (an implementation that is not ours)."""
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor

@@ -95,15 +95,16 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
                                 f"{earlier.get('adapter', {}).get('path')}); pass --overwrite to replace it")
 
 
-def _dtype(config: ExportConfig, base: str) -> str:
-    """The written dtype: the one asked for, else the base's own (its config's), else float32."""
-    if config.dtype is not None:
-        return DTYPES[config.dtype]
+def _dtypes(config: ExportConfig, base: str) -> tuple[str, str]:
+    """(the dtype written, the dtype the merge runs in). Written: the one asked for, else the base's own (its
+    config's), else float32. The merge runs in the base's own dtype: exact for an fp32 base (the embedded model),
+    and a half-precision checkpoint (a 7B) is not doubled in memory."""
     from llm_adapters.models import load_meta
 
     native = getattr(load_meta(base, config.trust_remote_code).config, "dtype", None)
     name = str(native).removeprefix("torch.") if native is not None else "float32"
-    return name if name in ("float32", "float16", "bfloat16") else "float32"
+    own = name if name in ("float32", "float16", "bfloat16") else "float32"
+    return (DTYPES[config.dtype] if config.dtype is not None else own), own
 
 
 def _probe_logits(model: Any, tokenizer: Any, template: str) -> list[torch.Tensor]:
@@ -174,17 +175,15 @@ def export_adapter(config: ExportConfig) -> dict[str, Any]:
         llamacpp_architecture(load_meta(base, config.trust_remote_code).config, config.format)
     out = Path(config.out)
     _prepare_out(out, config.overwrite)
-    dtype = _dtype(config, base)
+    dtype, merge_dtype = _dtypes(config, base)
     template = trained.get("template")
     print(f"[export] {folder} ({method}) on {base} -> {out} as {config.format}, {dtype}", flush=True)
 
-    # fp32 for an fp32 file (the merge exact); else the written dtype, as PEFT merges in the weights' dtype
-    model, tokenizer = load_model(base, device="cpu", dtype="float32" if dtype == "float32" else dtype,
-                                  trust_remote_code=config.trust_remote_code)
+    model, tokenizer = load_model(base, device="cpu", dtype=merge_dtype, trust_remote_code=config.trust_remote_code)
     peft_model = load_adapter(model, folder, base_model=base, allow_base_mismatch=config.allow_base_mismatch)
     reference = _probe_logits(peft_model, tokenizer, template or "original")
     record: dict[str, Any] = {
-        "kind": KIND, "format": config.format, "dtype": dtype, "template": template,
+        "kind": KIND, "format": config.format, "dtype": dtype, "merged_in": merge_dtype, "template": template,
         "base_model": {"name": base, "identity": base_identity(base)},
         "adapter": {"path": str(folder.resolve()), "method": method, "peft_type": adapter_config.get("peft_type"),
                     "sha256": sha256_files([folder / name for name in ADAPTER_FILES if (folder / name).is_file()],
