@@ -43,3 +43,20 @@ def test_readme_method_table_matches_the_registry():
         method = METHODS[name]
         assert paper == method.paper, name
         assert (merges == "yes") == bool(method.merges), name
+
+
+def test_export_generate_and_ui_settings_all_have_help_and_their_commands_print_it(capsys):
+    import dataclasses
+
+    import pytest
+
+    from llm_adapters.compare import GenerateConfig
+    from llm_adapters.export import ExportConfig
+    from llm_adapters.ui import UiConfig
+
+    for cls in (ExportConfig, GenerateConfig, UiConfig):
+        assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls.__name__
+    for command in ("export", "generate", "ui"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0 and f"llm-adapters {command}" in capsys.readouterr().out

@@ -355,6 +355,80 @@ def _run_study_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_command(subparsers: argparse._SubParsersAction) -> None:
+    from llm_adapters.export.config import ExportConfig
+
+    parser = subparsers.add_parser(
+        "export", help="ship an adapter: merged into its base (transformers folder or GGUF), or as a GGUF LoRA",
+        description="Examples: llm-adapters export runs/demo --out runs/demo-hf; llm-adapters export runs/demo "
+                    "--out runs/demo-gguf --format gguf --dtype f16; llm-adapters export runs/demo --out "
+                    "runs/demo-lora --format gguf-lora. Series, Parallel and prompt-learning adapters change no "
+                    "weight and are refused (evaluate them here).")
+    parser.add_argument("adapter", metavar="ADAPTER", help=configs.fields(ExportConfig)["adapter"].metadata["help"])
+    configs.add_flags(parser, ExportConfig, exclude=("adapter",))
+    parser.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from llm_adapters.export import ExportConfig, export_adapter
+
+    export_adapter(configs.build(ExportConfig, {**configs.given(args, ExportConfig), "adapter": args.adapter},
+                                 label="export settings"))
+    return 0
+
+
+def _add_generate_command(subparsers: argparse._SubParsersAction) -> None:
+    from llm_adapters.compare import GenerateConfig
+
+    parser = subparsers.add_parser(
+        "generate", help="the base model and each adapter answering the same prompts, side by side",
+        description="Greedy answers of the evaluation engine. Examples: llm-adapters generate --base-model "
+                    "smollm2-135m --adapter runs/demo --prompt 'What is 12 plus 30?'; llm-adapters generate "
+                    "--base-model smollm2-135m --adapter runs/a runs/b --prompts questions.jsonl --task gsm8k --json")
+    parser.add_argument("--adapter", action="extend", nargs="+", default=argparse.SUPPRESS, metavar="ADAPTER",
+                        help=configs.fields(GenerateConfig)["adapter"].metadata["help"] + " (several after one "
+                        "flag, or the flag repeated)")
+    configs.add_flags(parser, GenerateConfig, exclude=("adapter",))
+    parser.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    import json
+
+    from llm_adapters.compare import GenerateConfig, format_rows, generate
+
+    values = configs.given(args, GenerateConfig)
+    if "adapter" in values:
+        values["adapter"] = tuple(values["adapter"])
+    rows = generate(configs.build(GenerateConfig, values, label="generate settings"))
+    as_json = getattr(args, "json", False)  # a boolean flag that was not given is not in args
+    print("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows) if as_json else format_rows(rows),
+          end="")
+    return 0
+
+
+def _add_ui_command(subparsers: argparse._SubParsersAction) -> None:
+    from llm_adapters.ui.config import UiConfig
+
+    parser = subparsers.add_parser(
+        "ui", help="a local web app: compare models side by side, read a study, browse runs (Gradio)",
+        description="Tabs Compare, Study, Runs; offline, listening on 127.0.0.1 unless --host says otherwise. "
+                    "Example: llm-adapters ui --base-model smollm2-135m --adapter runs/demo --study runs/studies/x")
+    for name in ("adapter", "study"):
+        parser.add_argument(f"--{name}", action="extend", nargs="+", default=argparse.SUPPRESS,
+                            metavar=name.upper(), help=configs.fields(UiConfig)[name].metadata["help"])
+    configs.add_flags(parser, UiConfig, exclude=("adapter", "study"))
+    parser.set_defaults(func=_run_ui)
+
+
+def _run_ui(args: argparse.Namespace) -> int:
+    from llm_adapters.ui import UiConfig, launch
+
+    values = {k: tuple(v) if k in ("adapter", "study") else v for k, v in configs.given(args, UiConfig).items()}
+    launch(configs.build(UiConfig, values, label="ui settings"))
+    return 0
+
+
 def _add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     from llm_adapters.demo import DemoOptions
 
@@ -389,6 +463,9 @@ def make_parser() -> argparse.ArgumentParser:
     _add_params_command(subparsers)
     _add_methods_command(subparsers)
     _add_study_commands(subparsers)
+    _add_export_command(subparsers)
+    _add_generate_command(subparsers)
+    _add_ui_command(subparsers)
     _add_demo_command(subparsers)
     _add_data_commands(subparsers)
     return parser

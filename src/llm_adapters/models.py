@@ -8,6 +8,8 @@ Names:
   tokenizer built in memory, for tests.
 - `llama-7b`, `llama-13b`, `bloomz-7b1`, `gpt-j-6b`: the real architectures on the meta device (no weights, no
   memory), for parameter counting.
+- a `.gguf` file (an `llm-adapters export --format gguf`, or any GGUF transformers reads): converted once, as the
+  embedded model is, into a safetensors cache named by the file's sha256.
 - anything else: `AutoModelForCausalLM.from_pretrained` (a local folder, or a hub id where the network allows).
 """
 from __future__ import annotations
@@ -108,8 +110,8 @@ def load_model(
         return _build_meta(name_or_path), None
     where = resolve_device(device) if device is not None else None
     weights = resolve_dtype(dtype, where) if dtype is not None else None
-    if name_or_path == EMBEDDED:
-        model, tokenizer = _load_embedded(weights)
+    if name_or_path == EMBEDDED or _is_gguf(name_or_path):
+        model, tokenizer = _load_converted(_converted_folder(name_or_path), weights)
     elif name_or_path in _TINY:
         model, tokenizer = _build_tiny(name_or_path, seed)
         model = model.to(weights) if weights is not None else model
@@ -131,8 +133,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     """
     if name_or_path in _TINY:
         tokenizer = byte_tokenizer()
-    elif name_or_path == EMBEDDED:
-        tokenizer = AutoTokenizer.from_pretrained(_embedded_folder())
+    elif name_or_path == EMBEDDED or _is_gguf(name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(_converted_folder(name_or_path))
     else:
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -249,6 +251,8 @@ def base_identity(name_or_path: str) -> dict[str, Any]:
             _PRESETS[name_or_path]
         text = json.dumps(settings, sort_keys=True)
         return {"name": name_or_path, "config_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    if _is_gguf(name_or_path):
+        return {"sha256": _cached_sha256(Path(name_or_path).expanduser())}
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         return {"sha256": _folder_sha256(folder)}
@@ -265,7 +269,8 @@ def same_base(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
 
 
 def _folder_sha256(folder: Path) -> str:
-    """sha256 of a model folder's top-level files (hidden files and READMEs aside), by their names and sums."""
+    """sha256 of a model folder's top-level files (hidden files and READMEs aside), each file's sum cached
+    (`_cached_sha256`)."""
     listing = [f"{path.name}\0{_cached_sha256(path)}\n" for path in sorted(
         p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
         and not p.name.lower().startswith("readme"))]
@@ -360,28 +365,43 @@ def embedded_gguf_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
 
 
-def _embedded_folder() -> Path:
-    """The embedded model's safetensors cache, converted from the GGUF the first time."""
-    folder = cache_dir() / "models" / EMBEDDED
-    if not (folder / "model.safetensors").exists():
-        _convert_embedded(folder)
+def _is_gguf(name_or_path: str) -> bool:
+    return str(name_or_path).endswith(".gguf") and Path(name_or_path).expanduser().is_file()
+
+
+def _converted_folder(name_or_path: str) -> Path:
+    """The safetensors cache of a GGUF model (the embedded one, or a `.gguf` file named by its sha256), converted
+    from the GGUF the first time."""
+    if name_or_path == EMBEDDED:
+        gguf, folder = embedded_gguf_path(), cache_dir() / "models" / EMBEDDED
+    else:
+        gguf = Path(name_or_path).expanduser()
+        folder = cache_dir() / "models" / f"gguf-{_cached_sha256(gguf)[:16]}"
+    if not (folder / "config.json").exists():
+        _convert_gguf(gguf, folder)
     return folder
 
 
-def _load_embedded(dtype: torch.dtype | None) -> tuple[Any, Any]:
-    folder = _embedded_folder()
+def _load_converted(folder: Path, dtype: torch.dtype | None) -> tuple[Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     # name_or_path stays the cache folder: PEFT looks a bare name up on the hub when it saves an adapter.
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
     return model, tokenizer
 
 
-def _convert_embedded(folder: Path) -> None:
-    """Dequantise the GGUF once and save it as a plain safetensors checkpoint, atomically."""
-    gguf = embedded_gguf_path()
-    print(f"converting {gguf.name} to a safetensors cache in {folder} (once; ~1 minute)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """Dequantise a GGUF once (transformers' GGUF reader) and save it as a plain safetensors checkpoint,
+    atomically.
+
+    Raises:
+        UserError: a GGUF transformers cannot read (its architecture or tokenizer named).
+    """
+    print(f"converting {gguf.name} to a safetensors cache in {folder} (once)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except (ValueError, KeyError, NotImplementedError) as error:
+        raise UserError(f"cannot read {gguf} with transformers' GGUF reader ({str(error).splitlines()[0]})") from error
     # The weights are plain fp32 by now; the leftover GGUF quantization config only blocks saving and training.
     model.config.quantization_config = None
     for attribute in ("hf_quantizer", "quantization_method"):
@@ -441,7 +461,8 @@ def load_meta(name_or_path: str, trust_remote_code: bool = False) -> torch.nn.Mo
         settings = dict(_TINY[name_or_path])
         config = AutoConfig.for_model(settings.pop("model_type"), vocab_size=_TINY_VOCAB, **settings)
     else:
-        folder = _embedded_folder() if name_or_path == EMBEDDED else name_or_path
+        folder = _converted_folder(name_or_path) if name_or_path == EMBEDDED or _is_gguf(name_or_path) \
+            else name_or_path
         try:
             config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:

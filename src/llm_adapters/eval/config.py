@@ -22,7 +22,7 @@ class EvalConfig:
     """How to evaluate: which tasks, how to prompt, decode, extract and score, and where the results go."""
 
     base_model: str | None = field(default=None, metadata={
-        "help": "built-in name (smollm2-135m, tiny-llama...), local folder or hub id"})
+        "help": "built-in name (smollm2-135m, tiny-llama...), local folder, .gguf file or hub id"})
     adapter: str | None = field(default=None, metadata={
         "help": "a saved adapter folder (PEFT format); none: the base model alone"})
     tasks: tuple[str, ...] = field(default=("all",), metadata={

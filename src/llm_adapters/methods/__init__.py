@@ -16,7 +16,7 @@ import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from torch import nn
 
-from llm_adapters.errors import UserError
+from llm_adapters.errors import MissingInputError, UserError
 
 from . import placement as placement_table
 from .generation import fix_prompt_learning_generation
@@ -24,7 +24,7 @@ from .registry import METHODS, Method, get_method, methods_table, peft_types
 from .spec import PRESETS, AdapterSpec, make_spec, resolve_spec
 from llm_adapters.models import TINY_MODELS
 
-__all__ = ["AdapterSpec", "METHODS", "Method", "PRESETS", "adapter_identity", "attach", "build_peft_config",
+__all__ = ["AdapterSpec", "METHODS", "Method", "PRESETS", "adapter_folder", "adapter_identity", "attach", "build_peft_config",
            "count_parameters", "get_method", "load_adapter", "make_spec", "methods_table", "peft_types",
            "resolve_spec", "save_adapter"]
 
@@ -122,6 +122,20 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, *, is_trainable: boo
         raise UserError(f"cannot load the adapter in {folder}: {str(error).splitlines()[0]}") from error
     fix_prompt_learning_generation(peft_model)
     return peft_model if is_trainable else peft_model.eval()
+
+
+def adapter_folder(path: str | Path) -> Path:
+    """The adapter folder of an adapter, fine-tune run or study run folder.
+
+    Raises:
+        MissingInputError: none of them holds an adapter_config.json.
+    """
+    folder = Path(path)
+    for candidate in (folder, folder / "adapter"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise MissingInputError(f"{folder} holds no adapter (no adapter_config.json in it or in {folder / 'adapter'}); "
+                            "give an adapter folder, a fine-tune run folder or a study run folder")
 
 
 def _trained_base(folder: Path) -> dict[str, Any] | str | None:
