@@ -1,7 +1,7 @@
 """The base model and each adapter answering the same prompts, side by side: `llm-adapters generate` and the web
 UI's Compare tab.
 
-The answers are the evaluation engine's (`eval.generate.generate_batch`: greedy, KV cache, batched): a prompt gets
+The answers are the evaluation engine's (`eval.stream.generate_batch`: greedy, KV cache, batched): a prompt gets
 the tokens `model.generate` gives it alone. Each model sees its own template (`data/templates.py`): the one given,
 else for an adapter the one it was trained with (its manifest.json), else for the base the adapters' common one,
 else `original`. With `--task`, the task's stop rule ends an answer once it is settled and its extraction rule
@@ -144,7 +144,7 @@ def answer(model: Any, tokenizer: Any, records: list[dict[str, str]], template: 
         extracted answer (`answer`) and, when the record has a gold `answer`, `correct`.
     """
     from llm_adapters.eval.extract import extract_answer, is_correct
-    from llm_adapters.eval.generate import DecodeConfig, generate_stream
+    from llm_adapters.eval import DecodeConfig, generate_stream
 
     record_task = TASKS[task] if isinstance(task, str) else task
     prompts = [build_prompt(r["instruction"], r.get("input", ""), template=template, tokenizer=tokenizer)
