@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from dataclasses import dataclass, field
@@ -54,7 +55,8 @@ class GenerateConfig:
                 "(and answer with --task)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if present, else CPU), cpu, cuda, cuda:N"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on a GPU that has it, else fp32), float32, "
-                                                         "bfloat16, float16"})
+                                                         "bfloat16 (on a CPU with bf16 units: bf16 products, fp32 "
+                                                         "activations, as evaluate), float16"})
     allow_base_mismatch: bool = field(default=False, metadata={
         "help": "load an adapter onto another base model than the one it was trained on"})
     trust_remote_code: bool = field(default=False, metadata={"help": "let the checkpoint run its own Python code"})
@@ -125,9 +127,11 @@ def load_models(base_model: str, adapters: tuple[str, ...] | list[str], *, devic
     """(label, model, tokenizer): the base, then each adapter on a fresh copy of the base, one after the other
     (the previous one can be dropped by then)."""
     from llm_adapters.methods import adapter_folder, load_adapter
-    from llm_adapters.models import load_model
+    from llm_adapters.models import load_dtype, load_model, resolve_device
 
-    model, tokenizer = load_model(base_model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    # bf16 on a CPU with bf16 units: an fp32 model whose products run in bf16 (`answer(..., products=True)`)
+    model, tokenizer = load_model(base_model, device=device, dtype=load_dtype(resolve_device(device), dtype),
+                                  trust_remote_code=trust_remote_code)
     model.eval()
     yield BASE, model, tokenizer
     for adapter in adapters:
@@ -136,8 +140,9 @@ def load_models(base_model: str, adapters: tuple[str, ...] | list[str], *, devic
 
 
 def answer(model: Any, tokenizer: Any, records: list[dict[str, str]], template: str, task: str | Task | None = None,
-           max_new_tokens: int | None = None, batch_size: int = 16) -> list[dict[str, Any]]:
-    """One model's greedy answers to instruction records (the evaluation engine's decoding).
+           max_new_tokens: int | None = None, batch_size: int = 16, products: bool = False) -> list[dict[str, Any]]:
+    """One model's greedy answers to instruction records (the evaluation engine's decoding; `products`: with bf16
+    products, as `evaluate --dtype bfloat16` on a CPU with bf16 units).
 
     Returns:
         Per record: prompt (the exact text the model was given), generation, n_tokens, and with a task the
@@ -150,7 +155,10 @@ def answer(model: Any, tokenizer: Any, records: list[dict[str, str]], template: 
     prompts = [build_prompt(r["instruction"], r.get("input", ""), template=template, tokenizer=tokenizer)
                for r in records]
     decode = DecodeConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, stop_rules=record_task is not None)
-    generations = dict(generate_stream(model, tokenizer, prompts, record_task or _FREE, decode, template))
+    from llm_adapters.eval.packed import bf16_products
+
+    with bf16_products(model) if products else contextlib.nullcontext():
+        generations = dict(generate_stream(model, tokenizer, prompts, record_task or _FREE, decode, template))
     rows = [{"prompt": prompt, "generation": generations[k].text, "n_tokens": generations[k].n_tokens}
             for k, prompt in enumerate(prompts)]
     if record_task is not None:
@@ -167,15 +175,18 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
     Raises:
         UserError: bad settings, a missing or malformed prompts file, an adapter that does not load.
     """
+    from llm_adapters.models import cpu_bf16_products, resolve_device
+
     records = [{"instruction": config.prompt, "input": ""}] if config.prompt is not None else \
         read_prompts(config.prompts)
     templates = templates_for(config.template, config.adapter)
     by_model: dict[str, list[dict[str, Any]]] = {}
+    products = cpu_bf16_products(resolve_device(config.device), config.dtype)
     for label, model, tokenizer in load_models(config.base_model, config.adapter, device=config.device,
                                                dtype=config.dtype, allow_base_mismatch=config.allow_base_mismatch,
                                                trust_remote_code=config.trust_remote_code):
         by_model[label] = answer(model, tokenizer, records, templates[label], config.task, config.max_new_tokens,
-                                 config.batch_size)
+                                 config.batch_size, products=products)
         del model
     return [{"instruction": record["instruction"], "input": record.get("input", ""), "model": label,
              "template": templates[label], **rows[k]}
