@@ -12,6 +12,7 @@ from peft import PeftModel, get_peft_model
 from llm_adapters.methods import attach
 from llm_adapters.methods.bottleneck import BottleneckConfig, BottleneckLayer
 from llm_adapters.models import load_model
+from helpers import perturb
 
 
 def _layer(model, name="model.layers.0.mlp.down_proj"):
@@ -189,3 +190,26 @@ def test_fresh_process_without_registration_fails_and_with_import_loads(tmp_path
                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}).stdout
     assert "error: KeyError" in out and "BOTTLENECK" in out  # the documented pitfall (README) still holds
     assert out.strip().endswith("BottleneckConfig")
+
+
+def test_a_learned_scale_saved_as_a_scalar_by_an_earlier_version_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from llm_adapters.methods import load_adapter, save_adapter
+
+    model, _ = load_model("tiny-llama")
+    peft_model = attach(model, {"method": "series", "bottleneck_size": 8, "scaling": "learned"})
+    perturb(peft_model)
+    peft_model.eval()
+    ids = torch.tensor([[5, 17, 99, 3, 250]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+    save_adapter(peft_model, tmp_path / "a")
+    weights = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    scales = [k for k in weights if "adapter_scale" in k]
+    assert scales and all(weights[k].shape == (1,) for k in scales)  # 1-D: FSDP2 shards no 0-dim parameter
+    save_file({k: v.reshape(()) if k in scales else v for k, v in weights.items()},
+              tmp_path / "a" / "adapter_model.safetensors")  # as the earlier version wrote it
+    loaded = load_adapter(load_model("tiny-llama")[0], tmp_path / "a")
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, expected)

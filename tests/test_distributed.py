@@ -193,3 +193,124 @@ def test_each_process_of_a_launch_gets_its_own_gpu_before_anything_loads(monkeyp
     assert resolve_device("cuda:5") == torch.device("cuda", 5)  # one process may pick any GPU
     with pytest.raises(ValueError, match=r"device 'cuda:9' asked for, but this machine has 8 CUDA device"):
         resolve_device("cuda:9")
+
+
+_FSDP2 = """
+import json, os, sys
+import torch
+import torch.distributed as distributed
+from safetensors.torch import save_file
+from llm_adapters.methods import attach
+from llm_adapters.models import load_model
+from llm_adapters.train.trainer import token_loss_sum
+
+spec, out = json.loads(sys.argv[1]), sys.argv[2]
+world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+if world > 1:
+    distributed.init_process_group("gloo")
+model, _ = load_model("tiny-llama")
+torch.manual_seed(0)
+peft_model = attach(model, spec)
+names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+if world > 1:
+    from torch.distributed.fsdp import fully_shard
+    for layer in peft_model.base_model.model.model.layers:  # a unit per decoder layer, as accelerate wraps
+        fully_shard(layer)
+    fully_shard(peft_model)
+generator = torch.Generator().manual_seed(1)
+ids = torch.randint(4, 260, (8, 12), generator=generator)
+targets = torch.cat([ids[:, 1:], torch.full((8, 1), -100)], dim=1)
+optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+count = targets.ne(-100).sum()
+for step in range(3):
+    mine = slice(rank, None, world)
+    loss = token_loss_sum(peft_model, {"input_ids": ids[mine]}, targets[mine], sparse_logits=True) / count
+    (loss * world).backward()  # FSDP averages gradients over the processes; the count is the global one
+    optimizer.step()
+    optimizer.zero_grad()
+if world > 1:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    state = get_model_state_dict(peft_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+else:
+    state = peft_model.state_dict()
+if rank == 0:
+    save_file({n: state[n].contiguous() for n in names}, out)
+"""
+
+
+@pytest.mark.parametrize("spec", [{"method": "lora", "r": 4, "dropout": 0.0},
+                                  {"method": "series", "bottleneck_size": 8, "scaling": "learned"}])
+def test_fsdp2_shards_lora_and_a_learned_scale_adapter_on_two_cpu_processes_as_one_process_trains(tmp_path, spec):
+    # What the project's FSDP path relies on, run where it can run: torch's FSDP2 (fully_shard, a unit per decoder
+    # layer as accelerate's TRANSFORMER_BASED_WRAP) with our adapters and our loss, on gloo. The Trainer's own FSDP
+    # path cannot run here: accelerate runs CPU processes as plain DDP (next test), so the command refuses it.
+    # A 0-dim learned scale made fully_shard fail ("doesn't support scalar parameters"); it is 1-D now.
+    script = tmp_path / "fsdp2.py"
+    script.write_text(_FSDP2)
+    one = subprocess.run([sys.executable, str(script), json.dumps(spec), str(tmp_path / "one.safetensors")],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), json.dumps(spec), str(tmp_path / "two.safetensors")], env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (load_file(tmp_path / f"{n}.safetensors") for n in ("one", "two"))
+    assert sorted(a) == sorted(b) and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    assert any(float((a[k] - 1).abs().max()) > 1e-3 for k in a if "adapter_scale" in k) or spec["method"] == "lora"
+
+
+_ACCELERATE_STATE = """
+import os
+os.environ["ACCELERATE_USE_FSDP"] = "true"
+from accelerate import Accelerator
+accelerator = Accelerator(cpu=True)  # as the Trainer runs on a machine without CUDA (use_cpu)
+if accelerator.is_main_process:
+    print("TYPE", accelerator.distributed_type, hasattr(accelerator.state, "fsdp_plugin"))
+"""
+
+
+def test_accelerate_runs_fsdp_settings_on_cpu_processes_as_plain_ddp_so_finetune_refuses_them(tmp_path, capsys,
+                                                                                              monkeypatch):
+    script = tmp_path / "state.py"
+    script.write_text(_ACCELERATE_STATE)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # If accelerate ever shards on CPU processes, this fails: then run the Trainer's FSDP path here instead.
+    assert "TYPE DistributedType.MULTI_CPU False" in run.stdout
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(RECORDS))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    code = main(["finetune", *TRAIN, "--data", str(data), "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+    assert "FSDP through accelerate needs CUDA GPUs: on CPU processes accelerate trains as plain DDP" in err
+
+
+def test_fsdp1_without_orig_params_is_refused_for_weights_that_would_share_a_flat_parameter(tmp_path, monkeypatch):
+    import torch
+
+    from llm_adapters.errors import UserError
+    from llm_adapters.train import load_config
+    from llm_adapters.train.run import _check_sharding
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as far as the check goes
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    monkeypatch.setenv("FSDP_USE_ORIG_PARAMS", "false")
+
+    def config(adapter: dict) -> object:
+        return load_config(base_model="tiny-llama", data="d.json", output_dir=str(tmp_path), adapter=adapter)
+
+    _check_sharding(config({"method": "lora", "r": 4}))  # LoRA's Linear layers are units of their own
+    _check_sharding(config({"method": "series", "bottleneck_size": 8}))  # a fixed scale: nothing beside frozen
+    for adapter, named in (({"method": "series", "bottleneck_size": 8, "scaling": "learned"}, "adapter_scale"),
+                           ({"method": "ia3"}, "ia3_l")):
+        with pytest.raises(UserError, match=rf"FSDP1 with use_orig_params false .*{named}.* set "
+                                             r"fsdp_use_orig_params: true or fsdp_version: 2"):
+            _check_sharding(config(adapter))
+    monkeypatch.setenv("FSDP_USE_ORIG_PARAMS", "true")
+    _check_sharding(config({"method": "ia3"}))
+    monkeypatch.setenv("FSDP_USE_ORIG_PARAMS", "false")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    _check_sharding(config({"method": "ia3"}))

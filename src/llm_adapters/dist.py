@@ -28,6 +28,11 @@ def local_world_size() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
 
 
+def fsdp_requested() -> bool:
+    """Whether the launcher asked for FSDP (`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
 # How long a process waits for the others at a collective before it fails. torch's default (NCCL: 10 minutes)
 # kills long evaluations whose processes finish a task far apart; ours is hours (`set_timeout`, the commands'
 # `timeout` setting).

@@ -255,10 +255,12 @@ class FinetuneRun:
 
 
 def _check_sharding(config: FinetuneConfig) -> None:
-    """Methods that cannot train with sharded weights (FSDP, DeepSpeed ZeRO-3) are refused before anything loads:
-    prompt learning keeps its virtual-token encoder outside the wrapped blocks, PiSSA/OLoRA decompose whole
-    weights, and GPT-2's Conv1D layers are not the Linear layers the adapters' sharding rules expect."""
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+    """What cannot train with sharded weights (FSDP, DeepSpeed ZeRO-3) is refused before anything loads: prompt
+    learning keeps its virtual-token encoder outside the wrapped blocks, PiSSA/OLoRA decompose whole weights,
+    GPT-2's Conv1D layers are not the Linear layers the adapters' sharding rules expect; FSDP on CPU processes,
+    which accelerate runs as plain DDP (it ignores the FSDP settings there); and under FSDP1 with
+    `use_orig_params: false`, adapter weights that would share a flat parameter with frozen ones."""
+    fsdp = dist.fsdp_requested()
     if not (fsdp or _zero3(config)):
         return
     engine = "FSDP" if fsdp else "DeepSpeed ZeRO-3"
@@ -271,6 +273,43 @@ def _check_sharding(config: FinetuneConfig) -> None:
                         "holds in shards; use DDP (torchrun) or DeepSpeed ZeRO-2")
     if config.base_model in ("tiny-gpt2", "gpt2") or "gpt2" in config.base_model.lower():
         raise UserError(f"{engine} with GPT-2's Conv1D layers is not supported here; use DDP (torchrun)")
+    if fsdp:
+        _check_fsdp(config)
+
+
+def _check_fsdp(config: FinetuneConfig) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("FSDP through accelerate needs CUDA GPUs: on CPU processes accelerate trains as plain DDP and "
+                        "ignores the FSDP settings (accelerate 1.x); on the CPU use torchrun (DDP), which shards "
+                        "nothing but trains the same adapter")
+    version = os.environ.get("FSDP_VERSION", "1")
+    orig_params = os.environ.get("FSDP_USE_ORIG_PARAMS", "false").lower() in ("1", "true")
+    if version == "1" and not orig_params:
+        mixed = _weights_beside_frozen(config)
+        if mixed:
+            raise UserError(f"FSDP1 with use_orig_params false puts trainable and frozen weights in one flat "
+                            f"parameter, which it refuses: {config.spec.method} has {', '.join(mixed[:3])}; set "
+                            "fsdp_use_orig_params: true or fsdp_version: 2 (configs/launch/accelerate-fsdp.yaml)")
+
+
+def _weights_beside_frozen(config: FinetuneConfig) -> list[str]:
+    """The adapter's trainable weights that PEFT's FSDP wrap policy (a unit per Linear layer that is trainable as a
+    whole) does not give a unit of their own, on the base model's architecture (meta device, no weights)."""
+    from llm_adapters.models import load_meta
+
+    peft_model = attach(load_meta(config.base_model, config.trust_remote_code), config.spec)
+    found = []
+    for module_name, module in peft_model.named_modules():
+        own = dict(module.named_parameters(recurse=False))
+        if not any(p.requires_grad for p in own.values()):
+            continue
+        alone = not list(module.children()) and getattr(getattr(module, "weight", None), "requires_grad", False)
+        if not alone:
+            found += [f"{module_name}.{name}".removeprefix("base_model.model.") for name, p in own.items()
+                      if p.requires_grad]
+    return found
 
 
 def _zero3(config: FinetuneConfig) -> bool:

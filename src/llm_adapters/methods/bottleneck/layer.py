@@ -33,6 +33,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self._active_adapter = adapter_name
+        self._register_load_state_dict_pre_hook(_scalar_scales)
         self.update_layer(adapter_name, config)
 
     def update_layer(self, adapter_name: str, config: BottleneckConfig) -> None:
@@ -49,7 +50,8 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         self.adapter_variant[adapter_name] = config.variant
         self.adapter_side[adapter_name] = config.side
         if config.scaling == "learned":
-            self.adapter_scale[adapter_name] = nn.Parameter(torch.ones((), dtype=torch.float32))
+            # one element, not a scalar: FSDP2 (`fully_shard`) cannot shard 0-dim parameters
+            self.adapter_scale[adapter_name] = nn.Parameter(torch.ones(1, dtype=torch.float32))
         else:
             self.adapter_fixed_scale[adapter_name] = float(config.scaling)
         self._init_weights(adapter_name, config.init)
@@ -128,3 +130,10 @@ def _features(layer: nn.Module) -> tuple[int, int]:
     raise TypeError(
         f"bottleneck adapters wrap nn.Linear or transformers Conv1D layers, not {type(layer).__name__}"
     )
+
+
+def _scalar_scales(state_dict: dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
+    """Adapters saved before the learned scale had one element held it as a 0-dim tensor: load them as (1,)."""
+    for key, value in list(state_dict.items()):
+        if key.startswith(prefix + "adapter_scale.") and value.dim() == 0:
+            state_dict[key] = value.reshape(1)
