@@ -314,3 +314,22 @@ def test_fsdp1_without_orig_params_is_refused_for_weights_that_would_share_a_fla
     monkeypatch.setenv("FSDP_USE_ORIG_PARAMS", "false")
     monkeypatch.setenv("FSDP_VERSION", "2")
     _check_sharding(config({"method": "ia3"}))
+
+
+def test_the_gpu_check_runs_its_checks_and_stops_in_one_line_without_cuda(tmp_path):
+    script = str(ROOT / "benchmarks" / "gpu_check.py")
+    none = subprocess.run([sys.executable, script, "--out", str(tmp_path / "r.md")], env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert none.returncode == 2 and none.stderr.strip() == \
+        f"gpu_check: no CUDA GPU here (torch {__import__('torch').__version__}); run it on a machine with one"
+    assert not (tmp_path / "r.md").exists()
+    # The same checks on the CPU: every method trains and evaluates, the invariance check and the 4-bit line run.
+    cpu = subprocess.run([sys.executable, script, "--cpu", "--questions", "4", "--out", str(tmp_path / "r.md")],
+                         env=ENV, capture_output=True, text=True, timeout=900)
+    assert cpu.returncode == 0, cpu.stdout[-3000:] + cpu.stderr[-3000:]
+    report = (tmp_path / "r.md").read_text()
+    from llm_adapters.methods import METHODS
+
+    for method in METHODS:
+        assert f"| {method}: fine-tune 4 steps (fp32), evaluate (cpu, float32) | ok: accuracy" in report
+    assert "4/4 answers identical alone" in report and "| 4-bit base" in report
