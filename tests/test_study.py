@@ -49,12 +49,19 @@ def _write(path: Path, spec: dict[str, Any]) -> Path:
 
 # --- the spec ------------------------------------------------------------------------------------------------
 
-def test_expand_gives_the_grid_without_exclusions_with_readable_names_and_stable_ids():
+def test_expand_gives_the_baseline_then_the_grid_without_exclusions_with_readable_names_and_stable_ids():
     runs = expand(build_study(_spec()))
-    assert [r.name for r in runs] == ["lora-attn-s1", "lora-attn-s2", "lora-mlp-s1", "lora-mlp-s2",
+    assert [r.name for r in runs] == ["base", "lora-attn-s1", "lora-attn-s2", "lora-mlp-s1", "lora-mlp-s2",
                                       "series-mlp-s1", "series-mlp-s2"]
     assert [r.id for r in runs] == [r.id for r in expand(build_study(_spec()))]  # stable
-    assert len({r.id for r in runs}) == 6 and all(len(r.id) == 10 for r in runs)
+    assert len({r.id for r in runs}) == 7 and all(len(r.id) == 10 for r in runs)
+    base, runs = runs[0], runs[1:]
+    assert base.is_baseline and base.spec is None and base.evaluate["template"] == "alpaca"  # finetune's template
+    assert [r.name for r in expand(build_study(_spec(baseline=False)))] == [r.name for r in runs]
+    # The baseline's id depends on the evaluation settings, not on the fine-tuning ones.
+    relearnt = expand(build_study(_spec(finetune={**_spec()["finetune"], "learning_rate": 2e-2})))[0]
+    reevaluated = expand(build_study(_spec(evaluate={**_spec()["evaluate"], "limit": 3})))[0]
+    assert relearnt.id == base.id != reevaluated.id
     lora = runs[0]
     assert (lora.spec.r, lora.spec.placement, lora.finetune["seed"]) == (4, "attn", 1)
     assert runs[4].spec.bottleneck_size == 8
@@ -63,7 +70,7 @@ def test_expand_gives_the_grid_without_exclusions_with_readable_names_and_stable
     assert not {r.id for r in other} & {r.id for r in runs}
     # ... a field the method does not use is not, nor is the placement spelled as its default.
     grid = {"method": ["lora"], "placement": ["default", "attn+mlp"], "bottleneck_size": [8, 16], "seed": [1]}
-    merged = expand(build_study(_spec(grid=grid, exclude=[])))
+    merged = expand(build_study(_spec(grid=grid, exclude=[], baseline=False)))
     assert len(merged) == 1
 
 
@@ -90,8 +97,9 @@ def test_shards_cover_every_run_exactly_once_and_keep_their_runs_when_the_grid_g
 
 def test_plan_counts_parameters_on_the_meta_device_and_the_cost():
     rows = plan(build_study(_spec()), calibrate=False)
-    assert [row["name"] for row in rows][:2] == ["lora-attn-s1", "lora-attn-s2"]
-    lora_attn = rows[0]
+    assert [row["name"] for row in rows][:3] == ["base", "lora-attn-s1", "lora-attn-s2"]
+    assert (rows[0]["trainable"], rows[0]["percent"], rows[0]["train_tokens"]) == (0, 0.0, 0)
+    lora_attn = rows[1]
     # tiny-llama: 2 layers, q (64->64), k and v (64->32) with r = 4: 2 * 4 * ((64+64) + 2 * (64+32)) = 2560
     assert lora_attn["trainable"] == 2560
     assert {"id", "name", "method", "placement", "seed", "percent"} <= set(lora_attn)
@@ -118,11 +126,11 @@ def test_study_run_is_resumable_after_kill_9_without_duplicates(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     finished = len(store.results(out))
-    assert 1 <= finished < 6, "killed mid-study"
+    assert 1 <= finished < 7, "killed mid-study"
     counts = run_study(load_study(spec), out, progress=False)
-    assert counts["skipped"] == finished and counts["done"] == 6 - finished
+    assert counts["skipped"] == finished and counts["done"] == 7 - finished
     records = _records(out)
-    assert len(records) == len(set(records)) == 6 * 2  # one record per run x task
+    assert len(records) == len(set(records)) == 7 * 2  # one record per run x task, the baseline run included
     assert main(["study", "status", str(out), "--json"]) == 0
     # an uninterrupted study gives the same numbers
     straight = tmp_path / "straight"
@@ -132,7 +140,7 @@ def test_study_run_is_resumable_after_kill_9_without_duplicates(tmp_path):
 
 
 def test_study_refuses_a_changed_spec_and_runs_only_the_new_runs_of_a_grown_grid(tmp_path):
-    spec = _spec(grid={"method": ["lora"], "placement": ["attn"], "seed": [1]}, exclude=[])
+    spec = _spec(grid={"method": ["lora"], "placement": ["attn"], "seed": [1]}, exclude=[], baseline=False)
     out = tmp_path / "out"
     assert run_study(build_study(spec), out, progress=False) == {"done": 1, "failed": 0, "skipped": 0}
     changed = _spec(**{**spec, "finetune": {**spec["finetune"], "learning_rate": 5e-2}})
@@ -146,7 +154,7 @@ def test_study_refuses_a_changed_spec_and_runs_only_the_new_runs_of_a_grown_grid
 
 def test_a_failed_run_is_recorded_skipped_on_rerun_and_listed_in_the_report(tmp_path, capsys):
     # cutoff_len 8 leaves no response token in any example: that run fails in fine-tuning, the other runs.
-    spec = _spec(grid={"method": ["lora"], "cutoff_len": [256, 8], "seed": [1]}, exclude=[])
+    spec = _spec(grid={"method": ["lora"], "cutoff_len": [256, 8], "seed": [1]}, exclude=[], baseline=False)
     out = tmp_path / "out"
     assert run_study(build_study(spec), out, progress=False) == {"done": 1, "failed": 1, "skipped": 0}
     (failure,) = store.failures(out)
@@ -167,6 +175,29 @@ def test_study_report_json_prints_one_record_per_run_and_task_with_grid_values(t
     assert len(rows) == 4 and {"run_id", "task", "accuracy", "n", "method", "placement", "seed"} <= set(rows[0])
     assert main(["study", "report", str(out)]) == 0
     assert (out / "report" / "rq1-placement.png").exists() and (out / "report" / "table.csv").exists()
+
+
+def test_the_baseline_run_is_the_base_model_evaluated_alone_with_the_study_settings(tmp_path):
+    spec = _spec(grid={"method": ["lora"], "placement": ["attn"], "seed": [1]}, exclude=[])
+    out = tmp_path / "out"
+    assert run_study(build_study(spec), out, progress=False) == {"done": 2, "failed": 0, "skipped": 0}
+    (base,) = [r for r in store.results(out) if r.get("baseline")]
+    assert (base["name"], base["values"], base["seed"], base["parameters"]["trainable"]) == ("base", {}, None, 0)
+    # The same base model through `llm-adapters evaluate`, with the settings the study's adapters are evaluated
+    # with (the template they were trained with): the same generations and outcomes, question by question.
+    assert main(["evaluate", "--base-model", "tiny-llama", "--tasks", "gsm8k,boolq", "--limit", "2",
+                 "--max-new-tokens", "4", "--template", "alpaca", "--data-dir", str(LLM_ADAPTERS_DATA),
+                 "--output-dir", str(tmp_path / "alone"), "--no-progress"]) == 0
+    (folder,) = [f for f in store.runs_dir(out).iterdir() if f.name.startswith("base-")]
+    for task in ("gsm8k", "boolq"):
+        alone = [json.loads(line) for line in (tmp_path / "alone" / task / "predictions.jsonl").read_text().splitlines()]
+        study = [json.loads(line) for line in (folder / "eval" / task / "predictions.jsonl").read_text().splitlines()]
+        metric = json.loads((tmp_path / "alone" / task / "summary.json").read_text())["metric"]
+        key = "correct" if metric == "generate" else "loglik_correct"
+        assert [(r["index"], r["prompt"], r.get("generation")) for r in study] == \
+            [(r["index"], r["prompt"], r.get("generation")) for r in alone]
+        assert base["tasks"][task]["outcomes"] == [bool(r[key]) for r in sorted(alone, key=lambda r: r["index"])]
+    assert run_study(build_study(spec), out, progress=False) == {"done": 0, "failed": 0, "skipped": 2}
 
 
 # --- the report's numbers, on a hand-made store ------------------------------------------------------------------
@@ -256,7 +287,7 @@ def test_study_run_on_a_local_ray_instance_gives_the_local_results(tmp_path):
     import ray
 
     spec = _spec(grid={"method": ["lora"], "placement": ["attn", "mlp"], "seed": [1]}, exclude=[],
-                 resources={"cpus": 1})
+                 resources={"cpus": 1}, baseline=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert run_study(build_study(spec), tmp_path / "ray", executor="ray", progress=False)["done"] == 2
