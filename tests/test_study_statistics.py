@@ -227,7 +227,7 @@ def test_minimum_detectable_difference_matches_the_formula():
 # --- the report, on a hand-made store --------------------------------------------------------------------------------
 
 def write_run(out: Path, run_id: str, values: dict[str, Any], seed: int | None, tasks: dict[str, list[int]],
-              percent: float = 0.5, baseline: bool = False) -> None:
+              percent: float = 0.5, baseline: bool = False, study: str = "hand") -> None:
     folder = out / "runs" / f"{run_id}"
     folder.mkdir(parents=True)
     method = "base" if baseline else values.get("method", "lora")
@@ -238,19 +238,19 @@ def write_run(out: Path, run_id: str, values: dict[str, Any], seed: int | None, 
              f"{run_id} says </script> {q if x else -1}", "prediction": str(q if x else -1), "correct": bool(x)})
             + "\n" for q, x in enumerate(outcomes)))
     (folder / store.RESULT).write_text(json.dumps({
-        "id": run_id, "name": run_id, "study": "hand", "values": values if not baseline else {},
+        "id": run_id, "name": run_id, "study": study, "values": values if not baseline else {},
         "baseline": baseline, "method": method, "placement": values.get("placement"), "seed": seed,
         "parameters": {"percent": 0.0 if baseline else percent},
         "tasks": {t: {"accuracy": mean(o), "n": len(o), "correct": sum(o), "outcomes": [bool(x) for x in o]}
                   for t, o in tasks.items()}}))
 
 
-def hand_store(tmp_path: Path, runs: list[tuple], grid: dict | None = None) -> Path:
-    out = tmp_path / "hand"
+def hand_store(tmp_path: Path, runs: list[tuple], grid: dict | list | None = None, name: str = "hand") -> Path:
+    out = tmp_path / name
     out.mkdir()
-    (out / store.STUDY_FILE).write_text(json.dumps({"name": "hand", "spec": {"name": "hand", "grid": grid or {}}}))
+    (out / store.STUDY_FILE).write_text(json.dumps({"name": name, "spec": {"name": name, "grid": grid or {}}}))
     for run in runs:
-        write_run(out, *run)
+        write_run(out, *run, study=name)
     return out
 
 
@@ -381,6 +381,22 @@ def test_nothing_to_compare_is_one_sentence_without_a_p_value(tmp_path):
     assert (c["verdict"], c["p"], c["p_holm"], c["n_questions"]) == ("nothing to compare", None, None, 0)
     assert reports.sentence(c).endswith("no question answered by both, nothing to compare.")
     assert "p =" not in reports.sentence(c)
+
+
+def test_several_studies_keep_their_rows_apart_and_compare_each_with_its_own_base_model(tmp_path):
+    folders = [hand_store(tmp_path, [("base", {}, None, {"t": bits(2, 20)}, 0.0, True),
+                                     (f"{name}1", {"method": "lora", "seed": 1}, 1, {"t": bits(correct, 20)})],
+                          grid={"method": ["lora"], "seed": [1]}, name=name)
+               for name, correct in (("small", 6), ("large", 16))]
+    records = load_study_records(folders)
+    summary = reports.table(records)
+    assert list(summary["rows"]) == ["small: base model", "small: method=lora", "large: base model",
+                                     "large: method=lora"]
+    found = reports.comparisons(records, summary)
+    assert [(c["a"], c["b"], c["scope"]) for c in found] == [
+        ("small: method=lora", "small: base model", "small: against the base model"),
+        ("large: method=lora", "large: base model", "large: against the base model")]
+    assert found[1]["difference"] == pytest.approx(16 / 20 - 2 / 20)
 
 
 # --- the files ------------------------------------------------------------------------------------------------------

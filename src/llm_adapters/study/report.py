@@ -120,26 +120,31 @@ def table(records: list[dict[str, Any]], in_distribution: list[str] | None = Non
 
 
 def _pairs(summary: dict[str, Any]) -> list[tuple[str, str, str, str | None]]:
-    """(a, b, scope, the configuration chosen as its method's best among several, or None): each method's best
-    against the base model of its study, within each method its best against the others, then the methods' best
-    against each other."""
+    """(a, b, scope, the configuration chosen as its method's best among several, or None), study by study: each
+    method's best against the base model, within each method its best against the others, then the methods' best
+    against each other (with several studies, scopes name the study)."""
     rows = summary["rows"]
-    base = {row["study"]: key for key, row in rows.items() if row["baseline"]}
-    members: dict[str, list[str]] = {}
-    for key, row in rows.items():
-        if not row["baseline"] and row["cells"][AVERAGE] is not None:
-            members.setdefault(row["method"], []).append(key)
-    best = {method: max(keys, key=lambda k: rows[k]["cells"][AVERAGE]["mean"]) for method, keys in members.items()}
-    chosen = {best[m] for m, keys in members.items() if len(keys) > 1}
-    pairs = [(top, base[rows[top]["study"]], "against the base model", top if top in chosen else None)
-             for top in best.values() if rows[top]["study"] in base]
-    for method, top in best.items():
-        pairs += [(top, key, f"within {method}", top if top in chosen else None)
-                  for key in members[method] if key != top]
-    tops = list(best.values())
-    for i, x in enumerate(tops):
-        for y in tops[i + 1:]:
-            pairs.append((x, y, "between methods", next((c for c in (x, y) if c in chosen), None)))
+    studies = list(dict.fromkeys(row["study"] for row in rows.values()))
+    pairs = []
+    for study in studies:
+        where = f"{study}: " if len(studies) > 1 else ""
+        base = next((key for key, row in rows.items() if row["study"] == study and row["baseline"]), None)
+        members: dict[str, list[str]] = {}
+        for key, row in rows.items():
+            if row["study"] == study and not row["baseline"] and row["cells"][AVERAGE] is not None:
+                members.setdefault(row["method"], []).append(key)
+        best = {m: max(keys, key=lambda k: rows[k]["cells"][AVERAGE]["mean"]) for m, keys in members.items()}
+        chosen = {best[m] for m, keys in members.items() if len(keys) > 1}
+        if base is not None:
+            pairs += [(top, base, f"{where}against the base model", top if top in chosen else None)
+                      for top in best.values()]
+        for method, top in best.items():
+            pairs += [(top, key, f"{where}within {method}", top if top in chosen else None)
+                      for key in members[method] if key != top]
+        tops = list(best.values())
+        for i, x in enumerate(tops):
+            for y in tops[i + 1:]:
+                pairs.append((x, y, f"{where}between methods", next((c for c in (x, y) if c in chosen), None)))
     return pairs
 
 
