@@ -233,8 +233,8 @@ def test_the_baseline_run_is_the_base_model_evaluated_alone_with_the_study_setti
                  "--output-dir", str(tmp_path / "alone"), "--no-progress"]) == 0
     (folder,) = [f for f in store.runs_dir(out).iterdir() if f.name.startswith("base-")]
     for task in ("gsm8k", "boolq"):
-        alone = [json.loads(line) for line in (tmp_path / "alone" / task / "predictions.jsonl").read_text().splitlines()]
-        study = [json.loads(line) for line in (folder / "eval" / task / "predictions.jsonl").read_text().splitlines()]
+        alone, study = ([json.loads(line) for line in (where / task / "predictions.jsonl").read_text().splitlines()]
+                        for where in (tmp_path / "alone", folder / "eval"))
         metric = json.loads((tmp_path / "alone" / task / "summary.json").read_text())["metric"]
         key = "correct" if metric == "generate" else "loglik_correct"
         assert [(r["index"], r["prompt"], r.get("generation")) for r in study] == \
