@@ -124,12 +124,17 @@ def _placement_bars(rows: dict[str, Any], bases: list[dict[str, Any]], path: Pat
 def _hyperparameter_lines(rows: dict[str, Any], bases: list[dict[str, Any]], name: str, path: Path) -> Path:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4.5))
-    for method in dict.fromkeys(row["method"] for row in rows.values()):
+    methods = list(dict.fromkeys(row["method"] for row in rows.values()))
+    values = [row["values"][name] for row in rows.values() if name in row["values"]]
+    # Methods side by side at each value (a small shift), so equal points and their bars stay apart.
+    shift = 0.012 * ((max(values) - min(values)) or 1)
+    for i, method in enumerate(methods):
         points = sorted((row["values"][name], *_interval(row["cells"]["average"]))
                         for row in rows.values() if row["method"] == method and name in row["values"])
         if points:
             xs, ys, below, above = zip(*points)
-            axis.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=4, label=method)
+            xs = [x + (i - (len(methods) - 1) / 2) * shift for x in xs]
+            axis.errorbar(xs, ys, yerr=[below, above], marker=_MARKERS[i % len(_MARKERS)], capsize=4, label=method)
     _base_lines(axis, bases)
     axis.set_xlabel(name)
     axis.set_ylabel(AVERAGE_LABEL)
