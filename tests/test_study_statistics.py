@@ -471,3 +471,33 @@ def test_report_html_is_one_file_without_network_with_the_table_and_the_disagree
     assert data["answers"]["base"]["gsm8k"]["3"] == [0, "-1", "base says </script> -1"]
     assert data["questions"]["svamp"]["0"] == {"prompt": "svamp question 0 <b>?</b>", "gold": "0"}
     assert "inline" in parser.scripts and "addEventListener" in parser.scripts["inline"]
+
+
+def test_plots_draw_the_95_percent_intervals_and_the_base_model_as_a_labelled_line(tmp_path, monkeypatch):
+    from llm_adapters import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda plt, figure, path: figures.append(figure) or path)
+
+    def row(mean: float, low: float, high: float, method: str, placement: str, baseline: bool = False) -> dict:
+        stat = {"mean": mean, "sd": 0.3, "ci95": (low, high)}  # an sd unlike the interval: the bars must not use it
+        return {"cells": {"average": stat}, "baseline": baseline, "method": method, "percent": 0.5,
+                "values": {} if baseline else {"method": method, "placement": placement}, "study": "s"}
+
+    summary = {"tasks": [], "in_distribution": [], "rows": {
+        "base model": row(0.1, 0.05, 0.2, "base", "", baseline=True),
+        "method=lora,placement=attn": row(0.5, 0.3, 0.8, "lora", "attn"),
+        "method=lora,placement=mlp": row(0.4, 0.35, 0.42, "lora", "mlp")}}
+    drawn = plots.study_figures(summary, tmp_path)
+    assert [p.name for p in drawn] == ["rq1-placement.png", "accuracy-vs-params.png"]
+    for figure in figures:
+        axis = figure.axes[0]
+        segments = [s for c in axis.collections for s in c.get_segments()]  # the error bars' vertical lines
+        spans = sorted((round(s[0][1], 6), round(s[1][1], 6)) for s in segments)
+        assert spans == [(30.0, 80.0), (35.0, 42.0)]
+        (base,) = [line for line in axis.get_lines() if line.get_label().startswith("base model")]
+        assert list(base.get_ydata()) == [10.0, 10.0] and base.get_label() == "base model: 10.0 %"
+        assert axis.get_xlabel() and axis.get_ylabel() == "average accuracy (%), 95 % interval"
+    scatter = figures[1].axes[0]
+    assert {text.get_text() for text in scatter.get_legend().get_texts()} >= {"lora", "placement attn",
+                                                                             "placement mlp"}
