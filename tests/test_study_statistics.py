@@ -416,6 +416,7 @@ def test_report_files_have_the_columns_the_issue_names_and_full_precision(study,
     assert list(found[0]) == ["a", "b", "scope", "difference", "se", "z", "p", "p_holm", "verdict", "n_questions",
                               "a_better", "b_better"]
     assert found[0]["scope"] == "against the base model, exploratory" and found[0]["n_questions"] == "50"
+    assert {c["verdict"] for c in found} <= set(reports.VERDICTS) and found[3]["z"] != ""
     text = (folder / "report.md").read_text()
     assert "| base model | – |" in text and "Holm" in text and "![accuracy-vs-params](accuracy-vs-params.png)" in text
 
