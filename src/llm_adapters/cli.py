@@ -263,8 +263,11 @@ def _add_study_commands(subparsers: argparse._SubParsersAction) -> None:
     study = subparsers.add_parser("study", help="a grid of fine-tune + evaluate runs from one spec: plan, run, "
                                                 "status, report")
     sub = study.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
-    plan = sub.add_parser("plan", help="the runs, their trainable-parameter %% and an estimated cost",
-                          description="Example: llm-adapters study plan configs/studies/mini-rq1-placement.yaml")
+    plan = sub.add_parser("plan", help="the runs, their trainable-parameter %%, an estimated cost and the minimum "
+                                       "detectable differences",
+                          description="Example: llm-adapters study plan configs/studies/mini-rq1-placement.yaml. "
+                                      "The minimum detectable differences (80 %% power, two-sided 5 %%) use the "
+                                      "spec's `power: {accuracy, seed_sd, correlation}` assumptions.")
     plan.add_argument("spec", help="study spec (YAML)")
     plan.add_argument("--shard", help="only shard i/n of the runs (1-based)")
     plan.add_argument("--json", action="store_true", help="print a JSON list of the runs")
@@ -286,10 +289,13 @@ def _add_study_commands(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("dir", help="the study folder")
     status.add_argument("--json", action="store_true", help="print {run name: status}")
     status.set_defaults(func=_run_study_status)
-    report = sub.add_parser("report", help="tables, paired comparisons and plots from one or more study folders")
+    report = sub.add_parser("report", help="tables, paired comparisons, plots and an HTML page from one or more "
+                                           "study folders")
     report.add_argument("dirs", nargs="+", help="study folders (several: compared side by side)")
-    report.add_argument("--out", help="where report.md, table.csv and the PNGs go (default: DIR/report)")
-    report.add_argument("--json", action="store_true", help="print one record per run x task instead")
+    report.add_argument("--out", help="where report.md, report.html, table.csv, comparisons.csv, records.json and the "
+                                      "PNGs go (default: DIR/report)")
+    report.add_argument("--json", action="store_true",
+                        help="print one record per run x task instead, with each question's outcome")
     report.set_defaults(func=_run_study_report)
 
 
@@ -297,8 +303,10 @@ def _run_study_plan(args: argparse.Namespace) -> int:
     import json
 
     from llm_adapters.study import load_study, plan
+    from llm_adapters.study.runner import detectable
 
-    rows = plan(load_study(args.spec), args.shard, calibrate=not args.no_calibrate)
+    study = load_study(args.spec)
+    rows = plan(study, args.shard, calibrate=not args.no_calibrate)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -306,13 +314,43 @@ def _run_study_plan(args: argparse.Namespace) -> int:
         seconds = row.get("estimated_seconds")
         estimate = "" if seconds is None else f", ~{seconds / 60:.1f} min (estimate)" if seconds >= 60 else \
             f", ~{seconds} s (estimate)"
-        tokens = f"{row['train_tokens']:,} training tokens" if row["train_tokens"] else "training tokens unknown"
+        tokens = f"{row['train_tokens']:,} training tokens" if row["train_tokens"] is not None else \
+            "training tokens unknown"
         print(f"{row['id']}  {row['name']:<28} {row['percent']:8.4f} % trainable, {tokens}, "
               f"{row['questions'] if row['questions'] is not None else '?'} questions{estimate}")
     total = sum(row.get("estimated_seconds", 0) for row in rows)
     print(f"{len(rows)} runs" + (f"; estimated {total / 3600:.2f} h on this machine (from a short calibration: an "
                                  "estimate)" if any("estimated_seconds" in row for row in rows) else ""))
+    _print_detectable(detectable(study))
     return 0
+
+
+def _print_detectable(found: dict | None) -> None:
+    """`study plan`'s minimum detectable differences, with their formula and assumptions."""
+    if found is None:
+        print("minimum detectable differences: unknown (the benchmark files are not here to count the questions)")
+        return
+    a = found["assumptions"]
+    k = found["seeds"]
+    accuracy = ", ".join(f"{t} {100 * p:.0f} %" for t, p in a["accuracy"].items())
+    print(f"\nMinimum detectable difference (80 % power, two-sided 5 %), in accuracy points, for {k} seed(s) per "
+          f"configuration:")
+    print(f"  {'':<12} " + " ".join(f"{t:>10}" for t in found["between"]))
+    print(f"  {'questions':<12} " + " ".join(f"{n:>10}" for n in [*found['questions'].values(),
+                                                                  sum(found['questions'].values())]))
+    for label, key in (("between two", "between"), ("vs the base", "against_base")):
+        if key in found:
+            print(f"  {label:<12} " + " ".join(f"{100 * v:>10.1f}" for v in found[key].values()))
+    print(f"  MDD = (z_0.975 + z_0.80) x SE = 2.80 x sqrt(V_q + V_s); V_q = sum_t 2 p_t (1 - p_t) (1 - rho) / N_t / "
+          f"T^2 (per task: T = 1); V_s = sd^2 / k per side with k >= 2 (the base model: none).")
+    print(f"  Assumed (the spec's `power` section): accuracy p_t {accuracy}; seed sd {100 * a['seed_sd']:.1f} "
+          f"points; correlation rho of two configurations' per-question outcomes {a['correlation']}.")
+    if k < 2:
+        print("  One seed: the training noise is not measured, so the report's test leaves it out and these "
+              "differences may be training noise; plan 2 or more seeds.")
+    if found["configurations"] > 1:
+        print("  Holm's correction over the report's comparisons asks more of the smallest p-value than 5 %: the "
+              "detectable differences are larger when many comparisons are made.")
 
 
 def _run_study_run(args: argparse.Namespace) -> int:
@@ -342,16 +380,16 @@ def _run_study_status(args: argparse.Namespace) -> int:
 
 
 def _run_study_report(args: argparse.Namespace) -> int:
-    import json
-
-    from llm_adapters.study.report import load, records, write_report
+    from llm_adapters.study.records import load_study_records
+    from llm_adapters.study.report import records_json, write_report
 
     if args.json:
-        print(json.dumps(records(load(args.dirs)[0]), indent=1))
+        print(records_json(load_study_records(args.dirs)), end="")
         return 0
     result = write_report(args.dirs, args.out)
     print(result["markdown"], end="")
-    print(f"report in {result['folder']}/ (report.md, table.csv, PNG plots)")
+    print(f"report in {result['folder']}/ (report.md, report.html, table.csv, comparisons.csv, records.json, PNG "
+          "plots)")
     return 0
 
 

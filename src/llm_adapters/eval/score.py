@@ -19,12 +19,13 @@ from llm_adapters.files import append_jsonl, write_jsonl_atomic
 Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
 
 
-def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+def wilson_interval(correct: float, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (95 % by default).
 
     With p = correct / n:  centre = (p + z²/2n) / (1 + z²/n),
     half-width = z / (1 + z²/n) * sqrt(p(1 - p)/n + z²/4n²). Unlike p ± z·sqrt(p(1-p)/n) it stays inside
-    [0, 1] and is not empty at p = 0 or 1. n = 0 gives (0, 1).
+    [0, 1] and is not empty at p = 0 or 1. n = 0 gives (0, 1). `correct` may be fractional (a study's mean
+    accuracy over seeds times n).
 
     Example:
         >>> [round(x, 4) for x in wilson_interval(8, 10)]

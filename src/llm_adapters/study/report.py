@@ -1,248 +1,350 @@
-"""`study report`: tables, paired comparisons and plots from the store alone (one or several study folders).
+"""`study report`: tables, paired comparisons, plots and one HTML page from the store alone (one or several study
+folders), every number computed from the per-question records (`records.py`) by `statistics.py`.
 
-Rows are configurations (a run's grid values without the seed; with several folders, also the study), columns
-the tasks, their average and the trainable-parameter %. A cell is the mean over seeds ± the standard deviation
-(n - 1), with a 95 % interval that covers both noises: the wider of Student's t over the seeds and the Wilson
-interval of all the configuration's answers pooled. Comparisons pair the same questions and seeds (McNemar's exact test) and say plainly when a
-difference is inside the noise.
+Rows are configurations: a run's grid values but the seed, with their axis names (`method=lora,r=8`, so two grid
+points that print alike are never pooled as seeds of one configuration), the base model (the `baseline` run)
+first; with several folders, each key starts with its study's name. Columns are the tasks, their average and the
+trainable-parameter %. Notation: configuration c, task t with N_t questions, k_c finished seeds;
+x[q, s] in {0, 1}. The unit of independence is the question; seeds add training noise, never questions (E. Miller,
+"Adding Error Bars to Evals", arXiv 2411.00640, plus a training-seed term).
+
+1. Cell (c, t): a_s = mean over q of x[q, s]; mean = mean over s of a_s. 95 % interval:
+   lower = mean - sqrt((mean - W_lo)² + h_s²), upper = mean + sqrt((W_hi - mean)² + h_s²), cut to [0, 1], where
+   [W_lo, W_hi] is the Wilson score interval (z = 1.959964) of the proportion `mean` with n = N_t questions (never
+   questions x seeds), and h_s = t(0.975, k - 1) · sd_s / sqrt(k), sd_s the sample sd (k - 1) of the a_s; h_s = 0
+   when k = 1, and the report then says that the training noise is not measured (one seed).
+2. Average column (the unweighted mean over the T tasks): A_s = mean over t of a[t, s]; mean = mean over s of
+   A_s; h_q = 1.959964 · sqrt(Σ_t p_t (1 - p_t) / N_t) / T with p_t the cell's mean; h_s as in 1 on the A_s;
+   interval mean ± sqrt(h_q² + h_s²), cut to [0, 1].
+3. Comparison A vs B, on the tasks they share and the questions both answered in each task: D = avg_A - avg_B
+   (the rows' averages over those tasks, so the sentences agree with the table); per question d[t, q] =
+   m_A[t, q] - m_B[t, q], m a configuration's mean over its own seeds (no pairing of seeds by number);
+   V_q = Σ_t var_q(d[t, ·]) / N_t / T² (sample variance, N_t - 1); V_s = sd²(A_s of A) / k_A + sd²(A_s of B) / k_B
+   (a term only where k >= 2; the base model has none); SE = sqrt(V_q + V_s); z = D / SE; p = 2 (1 - Φ(|z|));
+   where SE = 0, p = 1 if D = 0, else 0. Holm's step-down correction runs over all the comparisons of one
+   report; a sentence says "beats" only where the Holm-adjusted p < 0.05, names the better configuration first
+   with its own counts (questions where its mean is higher, and where the other's is), says "training noise not
+   measured" where a side has one seed, and is labelled exploratory where a configuration was chosen as a
+   method's best on the same data. With no question in common: one sentence that there is nothing to compare.
+4. The comparisons: each method's best configuration (highest average) against the base model, within each
+   method its best against each other configuration, and the methods' best against each other.
+
+Outputs: report.md, report.html (one self-contained file: the table, the plots inlined, a per-question
+disagreement browser), table.csv (configuration, column, mean, sd, ci95_low, ci95_high, n_seeds, n_questions,
+percent; full precision, sd empty for one seed), comparisons.csv (a, b, scope, difference, se, z, p, p_holm,
+verdict, n_questions, a_better, b_better), records.json (`records.py`: per run x task, each question's outcome)
+and the PNG plots (`plots.study_figures`: the 95 % intervals of 1-2, the base model as a labelled line).
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from llm_adapters.errors import MissingInputError
-from llm_adapters.eval.score import wilson_interval
 from llm_adapters.files import write_text_atomic
-from llm_adapters.study import store
+from llm_adapters.study import statistics
+from llm_adapters.study.records import StoreContents, read_store
 
-# Student's t, 0.975 quantile, for 1..30 degrees of freedom (a table: no SciPy for thirty numbers); above: normal.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-ALPHA = 0.05
-
-
-def t975(df: int) -> float:
-    return _T975[df - 1] if df <= len(_T975) else 1.959963984540054
-
-
-def seed_statistics(values: list[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation and the t-interval of the mean over seeds (None where n = 1)."""
-    n = len(values)
-    mean = math.fsum(values) / n
-    if n < 2:
-        return {"mean": mean, "sd": None, "ci95": None, "n": n}
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t975(n - 1) * sd / math.sqrt(n)
-    # An accuracy lies in [0, 1]: the interval is cut there (with few seeds it is wide).
-    return {"mean": mean, "sd": sd, "ci95": [max(0.0, mean - half), min(1.0, mean + half)], "n": n}
+TABLE_COLUMNS = ("configuration", "column", "mean", "sd", "ci95_low", "ci95_high", "n_seeds", "n_questions",
+                 "percent")
+COMPARISON_COLUMNS = ("a", "b", "scope", "difference", "se", "z", "p", "p_holm", "verdict", "n_questions",
+                      "a_better", "b_better")
+VERDICTS = ("a beats b", "b beats a", "inside the noise", "nothing to compare")
+AVERAGE = "average"
 
 
-def mcnemar(a: list[bool], b: list[bool]) -> dict[str, Any]:
-    """McNemar's exact test on paired outcomes: b01 = A right and B wrong, b10 = A wrong and B right;
-    p = two-sided binomial probability of a split at least this uneven, under p = 1/2."""
-    if len(a) != len(b):
-        raise ValueError(f"paired outcomes of different lengths ({len(a)} and {len(b)})")
-    a_only = sum(x and not y for x, y in zip(a, b))
-    b_only = sum(y and not x for x, y in zip(a, b))
-    discordant = a_only + b_only
-    if discordant == 0:
-        return {"a_only": 0, "b_only": 0, "p": 1.0, "pairs": len(a)}
-    tail = math.fsum(math.comb(discordant, k) for k in range(min(a_only, b_only) + 1)) / 2 ** discordant
-    return {"a_only": a_only, "b_only": b_only, "p": min(1.0, 2 * tail), "pairs": len(a)}
+# ------------------------------------------------------------------------------------------------ numbers
 
-
-# ------------------------------------------------------------------------------------------------ records
-
-def load(folders: list[str | Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """(run results, failures, {study name: its saved spec}) of every folder."""
-    results, failed, specs = [], [], {}
-    for folder in folders:
-        path = Path(folder) / store.STUDY_FILE
-        if not path.is_file():
-            raise MissingInputError(f"{folder} is not a study folder (no {store.STUDY_FILE})")
-        spec = json.loads(path.read_text(encoding="utf-8"))["spec"]
-        specs[spec["name"]] = spec
-        grid = spec.get("grid") or []
-        order: dict[str, dict[str, int]] = {}
-        for product in grid if isinstance(grid, list) else [grid]:
-            for axis, values in product.items():
-                for value in values:
-                    order.setdefault(axis, {}).setdefault(json.dumps(value), len(order.get(axis, {})))
-        results += [dict(r, _order=order) for r in store.results(folder)]
-        failed += [dict(f, study=spec["name"]) for f in store.failures(folder)]
-    return results, failed, specs
-
-
-def records(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per run x task: what `study report --json` prints."""
-    return [{"run_id": r["id"], "name": r["name"], "study": r["study"], "task": task, "accuracy": t["accuracy"],
-             "n": t["n"], "correct": t["correct"], **r["values"], "method": r["method"], "placement": r["placement"],
-             "seed": r["seed"], "percent": r["parameters"]["percent"]}
-            for r in results for task, t in r["tasks"].items()]
-
-
-def _config_key(result: dict[str, Any], several: bool) -> str:
-    label = "-".join(str(v) for k, v in result["values"].items() if k != "seed") or result["method"]
-    return f"{result['study']}: {label}" if several else label
-
-
-def _grid_order(result: dict[str, Any]) -> tuple:
-    """Where a run's values stand in its grid's lists (set by `load`), so rows follow the spec's order."""
-    order = result.get("_order", {})
-    return tuple(order.get(axis, {}).get(json.dumps(value), len(order)) for axis, value in result["values"].items())
-
-
-def configurations(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Runs grouped by configuration (grid values but the seed), in the spec's grid order."""
-    several = len({r["study"] for r in results}) > 1
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for result in sorted(results, key=lambda r: (r["study"], _grid_order(r), r["name"])):
-        groups.setdefault(_config_key(result, several), []).append(result)
-    return groups
-
-
-def _with_answer_noise(stat: dict[str, Any], answers: list[dict[str, Any]]) -> dict[str, Any]:
-    """The interval that covers both noises: the seeds' spread (Student's t) and the finite number of
-    questions (the Wilson interval of all the answers pooled). Two seeds that agree are no proof of a precise
-    number: 30 questions still are 30 questions."""
-    low, high = wilson_interval(sum(a["correct"] for a in answers), sum(a["n"] for a in answers))
-    seeds = stat["ci95"] or [low, high]
-    return {**stat, "ci95": [min(seeds[0], low), max(seeds[1], high)], "ci95_seeds": stat["ci95"],
-            "ci95_answers": [low, high]}
-
-
-def table(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per configuration and task (and the average over tasks): the statistics over seeds."""
-    groups = configurations(results)
-    tasks = list(dict.fromkeys(t for r in results for t in r["tasks"]))
-    rows = {}
-    for key, runs in groups.items():
-        cells = {}
-        for task in tasks:
-            values = [r["tasks"][task]["accuracy"] for r in runs if task in r["tasks"]]
-            if values:
-                answers = [r["tasks"][task] for r in runs if task in r["tasks"]]
-                cells[task] = _with_answer_noise(seed_statistics(values), answers)
-        averages = [math.fsum(r["tasks"][t]["accuracy"] for t in tasks if t in r["tasks"])
-                    / max(1, sum(t in r["tasks"] for t in tasks)) for r in runs]
-        cells["average"] = _with_answer_noise(seed_statistics(averages),
-                                              [r["tasks"][t] for r in runs for t in tasks if t in r["tasks"]])
-        rows[key] = {"cells": cells, "percent": runs[0]["parameters"]["percent"], "method": runs[0]["method"],
-                     "seeds": sorted(r["seed"] for r in runs), "values": {k: v for k, v in runs[0]["values"].items()
-                                                                          if k != "seed"}}
-    return {"tasks": tasks, "rows": rows}
-
-
-def compare(results: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
-    """McNemar over the questions both configurations answered with the same seed, every task pooled."""
-    groups = configurations(results)
-    by_seed = {key: {r["seed"]: r for r in groups[key]} for key in (a, b)}
-    outcomes_a, outcomes_b = [], []
-    for seed in sorted(set(by_seed[a]) & set(by_seed[b])):
-        ra, rb = by_seed[a][seed], by_seed[b][seed]
-        for task in sorted(set(ra["tasks"]) & set(rb["tasks"])):
-            n = min(len(ra["tasks"][task]["outcomes"]), len(rb["tasks"][task]["outcomes"]))
-            outcomes_a += ra["tasks"][task]["outcomes"][:n]
-            outcomes_b += rb["tasks"][task]["outcomes"][:n]
-    test = mcnemar(outcomes_a, outcomes_b)
-    difference = 100 * (sum(outcomes_a) - sum(outcomes_b)) / max(1, len(outcomes_a))
-    return {"a": a, "b": b, "difference_points": difference, **test}
-
-
-def comparisons(results: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Within each method, its best configuration against each other one; then the methods' best against each
-    other (best = highest mean average accuracy)."""
-    rows = summary["rows"]
-    best: dict[str, str] = {}
-    for key, row in rows.items():
-        if row["method"] not in best or row["cells"]["average"]["mean"] > rows[best[row["method"]]]["cells"][
-                "average"]["mean"]:
-            best[row["method"]] = key
-    found = []
-    for method, top in best.items():
-        found += [dict(compare(results, top, key), scope=f"within {method}") for key, row in rows.items()
-                  if row["method"] == method and key != top]
-    tops = list(best.values())
-    found += [dict(compare(results, x, y), scope="between methods") for i, x in enumerate(tops) for y in tops[i + 1:]]
+def outcomes_by_configuration(records: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[int, bool]]]]:
+    """configuration -> task -> one {question index: correct} per seed (run), in the records' order."""
+    runs: dict[str, dict[str, dict[str, dict[int, bool]]]] = {}
+    for record in records:
+        runs.setdefault(record["configuration"], {}).setdefault(record["run_id"], {})[record["task"]] = \
+            record["outcomes"]
+    found: dict[str, dict[str, list[dict[int, bool]]]] = {}
+    for key, by_run in runs.items():
+        tasks = list(dict.fromkeys(t for run in by_run.values() for t in run))
+        found[key] = {t: [run[t] for run in by_run.values() if t in run] for t in tasks}
     return found
 
 
-def sentence(c: dict[str, Any]) -> str:
-    pairs = f"{c['pairs']} paired answers, {c['a_only']} right only for the first, {c['b_only']} only for the second"
-    if c["p"] >= ALPHA:
-        return (f"{c['a']} vs {c['b']}: {c['difference_points']:+.1f} points, inside the noise (McNemar p = "
-                f"{c['p']:.2f}; {pairs})")
-    better, worse = (c["a"], c["b"]) if c["difference_points"] > 0 else (c["b"], c["a"])
-    return (f"{better} beats {worse} by {abs(c['difference_points']):.1f} points (McNemar p = {c['p']:.3f}; "
-            f"{pairs})")
+def _per_seed(seeds: list[dict[int, bool]]) -> tuple[list[float], int]:
+    """(a_s, N_t): each seed's accuracy on the questions every seed answered, and their number."""
+    questions = set.intersection(*(set(seed) for seed in seeds))
+    return [sum(seed[q] for q in questions) / len(questions) for seed in seeds] if questions else [], len(questions)
 
 
-# ------------------------------------------------------------------------------------------------ writing
+def average_of(outcomes: dict[str, list[dict[int, bool]]], tasks: list[str]) -> dict[str, Any] | None:
+    """Definition 2 over `tasks` (those of them every seed has); None if there are none."""
+    k = len(next(iter(outcomes.values())))
+    accuracies, counts = {}, {}
+    for task in tasks:
+        if task in outcomes and len(outcomes[task]) == k:
+            values, n = _per_seed(outcomes[task])
+            if n:
+                accuracies[task], counts[task] = values, n
+    return statistics.average_cell(accuracies, counts) if accuracies else None
 
-def _cell(stat: dict[str, Any] | None) -> str:
+
+def table(records: list[dict[str, Any]], in_distribution: list[str] | None = None) -> dict[str, Any]:
+    """Per configuration: a cell per task (definition 1) and the average (definition 2); with `in_distribution`,
+    also the average over the in- and over the out-of-distribution tasks (for the RQ3 plot)."""
+    outcomes = outcomes_by_configuration(records)
+    first = {}
+    for record in records:
+        first.setdefault(record["configuration"], record)
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    rows = {}
+    for key, by_task in outcomes.items():
+        cells = {}
+        for task in tasks:
+            if task in by_task:
+                values, n = _per_seed(by_task[task])
+                if n:
+                    cells[task] = statistics.cell(values, n)
+        cells[AVERAGE] = average_of(by_task, tasks)
+        record = first[key]
+        mine = [r for r in records if r["configuration"] == key]
+        row = {"cells": cells, "percent": record["percent"], "method": record["method"],
+               "baseline": record["baseline"], "study": record["study"], "values": record["values"],
+               "placement": record["placement"], "runs": len({r["run_id"] for r in mine}),
+               "seeds": sorted({r["seed"] for r in mine if r["seed"] is not None})}
+        if in_distribution:
+            inside = [t for t in tasks if t in in_distribution]
+            row["groups"] = {"in-distribution": average_of(by_task, inside),
+                             "out-of-distribution": average_of(by_task, [t for t in tasks if t not in inside])}
+        rows[key] = row
+    return {"tasks": tasks, "rows": rows, "in_distribution": list(in_distribution or [])}
+
+
+def _pairs(summary: dict[str, Any]) -> list[tuple[str, str, str, str | None]]:
+    """(a, b, scope, the configuration chosen as its method's best among several, or None), study by study: each
+    method's best against the base model, within each method its best against the others, then the methods' best
+    against each other (with several studies, scopes name the study)."""
+    rows = summary["rows"]
+    studies = list(dict.fromkeys(row["study"] for row in rows.values()))
+    pairs = []
+    for study in studies:
+        where = f"{study}: " if len(studies) > 1 else ""
+        base = next((key for key, row in rows.items() if row["study"] == study and row["baseline"]), None)
+        members: dict[str, list[str]] = {}
+        for key, row in rows.items():
+            if row["study"] == study and not row["baseline"] and row["cells"][AVERAGE] is not None:
+                members.setdefault(row["method"], []).append(key)
+        best = {m: max(keys, key=lambda k: rows[k]["cells"][AVERAGE]["mean"]) for m, keys in members.items()}
+        chosen = {best[m] for m, keys in members.items() if len(keys) > 1}
+        if base is not None:
+            pairs += [(top, base, f"{where}against the base model", top if top in chosen else None)
+                      for top in best.values()]
+        for method, top in best.items():
+            pairs += [(top, key, f"{where}within {method}", top if top in chosen else None)
+                      for key in members[method] if key != top]
+        tops = list(best.values())
+        for i, x in enumerate(tops):
+            for y in tops[i + 1:]:
+                pairs.append((x, y, f"{where}between methods", next((c for c in (x, y) if c in chosen), None)))
+    return pairs
+
+
+def comparisons(records: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's paired comparisons (definition 3), Holm-adjusted together, each with its verdict."""
+    outcomes = outcomes_by_configuration(records)
+    rows = summary["rows"]
+    found = []
+    for a, b, scope, chosen in _pairs(summary):
+        numbers = statistics.paired_difference(outcomes[a], outcomes[b])
+        found.append({"a": a, "b": b, "scope": scope, "exploratory": chosen is not None, "chosen": chosen,
+                      "method_of_chosen": rows[chosen]["method"] if chosen else None,
+                      "one_seed": [k for k in (a, b) if not rows[k]["baseline"] and rows[k]["runs"] < 2],
+                      **numbers})
+    tested = [c for c in found if c["p"] is not None]
+    for c, adjusted in zip(tested, statistics.holm([c["p"] for c in tested])):
+        c["p_holm"] = adjusted
+    for c in found:
+        c.setdefault("p_holm", None)
+        c["verdict"] = ("nothing to compare" if c["p"] is None else "inside the noise"
+                        if c["p_holm"] >= statistics.ALPHA else "a beats b" if c["difference"] > 0 else "b beats a")
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ words
+
+def _points(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _p(value: float) -> str:
+    return f"{value:.1e}" if value < 0.001 else f"{value:.3f}"
+
+
+def cell_text(stat: dict[str, Any] | None) -> str:
+    """A cell at a readable precision: mean ± sd [95 % interval], in %."""
     if stat is None:
         return "–"
-    mean = 100 * stat["mean"]
-    interval = f" [{100 * stat['ci95'][0]:.0f}–{100 * stat['ci95'][1]:.0f}]" if stat["ci95"] else ""
-    return f"{mean:.1f} ± {100 * stat['sd']:.1f}{interval}" if stat["sd"] is not None else f"{mean:.1f}{interval}"
+    spread = f" ± {_points(stat['sd'])}" if stat["sd"] is not None else ""
+    return f"{_points(stat['mean'])}{spread} [{_points(stat['ci95'][0])}–{_points(stat['ci95'][1])}]"
 
 
-def markdown(summary: dict[str, Any], found: list[dict[str, Any]], failed: list[dict[str, Any]]) -> str:
+def sentence(c: dict[str, Any]) -> str:
+    """One comparison in words (the better configuration first, with its own counts, where one beats the other)."""
+    if c["verdict"] == "nothing to compare":
+        return f"{c['a']} vs {c['b']}: no question answered by both, nothing to compare."
+    tests = f"p = {_p(c['p'])}, Holm-adjusted p = {_p(c['p_holm'])}"
+    if c["verdict"] == "inside the noise":
+        text = (f"{c['a']} vs {c['b']}: {100 * c['difference']:+.1f} points, inside the noise ({tests}; of "
+                f"{c['n_questions']} questions, {c['a']} is higher on {c['a_better']} and {c['b']} on "
+                f"{c['b_better']}).")
+    else:
+        a_first = c["verdict"] == "a beats b"
+        better, worse = (c["a"], c["b"]) if a_first else (c["b"], c["a"])
+        ours, theirs = (c["a_better"], c["b_better"]) if a_first else (c["b_better"], c["a_better"])
+        text = (f"{better} beats {worse} by {100 * abs(c['difference']):.1f} points ({tests}; of "
+                f"{c['n_questions']} questions, {better} is higher on {ours} and {worse} on {theirs}).")
+    if c["one_seed"]:
+        text += f" Training noise not measured ({', '.join(c['one_seed'])}: one seed)."
+    if c["exploratory"]:
+        text += (f" Exploratory: {c['chosen']} was chosen as {c['method_of_chosen']}'s best on these same "
+                 "data.")
+    return text
+
+
+def table_view(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The table at a readable precision: (header, rows of text)."""
     tasks = summary["tasks"]
-    lines = ["| configuration | seeds | " + " | ".join(tasks) + " | average | #params % |",
-             "|---|---|" + "---:|" * (len(tasks) + 2)]
+    header = ["configuration", "seeds", *tasks, AVERAGE, "#params %"]
+    lines = []
     for key, row in summary["rows"].items():
-        cells = [_cell(row["cells"].get(t)) for t in tasks]
-        lines.append(f"| {key} | {','.join(map(str, row['seeds']))} | " + " | ".join(cells)
-                     + f" | {_cell(row['cells']['average'])} | {row['percent']:.3f} |")
-    lines += ["", "Accuracy %: mean over seeds ± standard deviation [95 % interval: the wider of Student's t over the "
-                  "seeds and the Wilson interval of all the answers pooled]. Average: the unweighted mean over tasks, "
-                  "per seed.",
-              "", "## Comparisons (McNemar's exact test on the same questions and seeds; no correction for the "
-                  "number of comparisons)", ""]
-    lines += [f"- {c['scope']}: {sentence(c)}" for c in found] or ["- (one configuration: nothing to compare)"]
-    if failed:
-        lines += ["", "## Failed runs", ""] + [f"- {f['name']} ({f['id']}): {f['error']}" for f in failed]
+        seeds = "–" if row["baseline"] else ",".join(map(str, row["seeds"])) + (" †" if row["runs"] < 2 else "")
+        lines.append([key, seeds, *(cell_text(row["cells"].get(t)) for t in tasks),
+                      cell_text(row["cells"][AVERAGE]), f"{row['percent']:.3f}"])
+    return header, lines
+
+
+TABLE_NOTE = ("Accuracy %: mean over seeds ± sd over seeds [95 % interval: the Wilson interval of the mean for "
+              "the task's questions combined with Student's t over the seeds]. Average: the unweighted mean over "
+              "the tasks, its interval from the question noise of every task and the seeds' spread of the "
+              "per-seed averages. † one seed: the training noise is not measured (the interval holds the "
+              "question noise only). The base model is evaluated once and has no training noise.")
+
+
+def comparison_view(found: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The comparisons at a readable precision: (header, rows of text)."""
+    header = ["A", "B", "scope", "A - B (points)", "SE", "z", "p", "Holm p", "verdict", "questions", "A higher",
+              "B higher"]
+    lines = []
+    for c in found:
+        if c["p"] is None:
+            numbers = ["–"] * 5
+        else:
+            numbers = [f"{100 * c['difference']:+.1f}", _points(c["se"]),
+                       "–" if c["z"] is None else f"{c['z']:+.2f}", _p(c["p"]), _p(c["p_holm"])]
+        lines.append([c["a"], c["b"], scope_text(c), *numbers, c["verdict"], str(c["n_questions"]),
+                      str(c["a_better"]), str(c["b_better"])])
+    return header, lines
+
+
+def scope_text(c: dict[str, Any]) -> str:
+    return f"{c['scope']}, exploratory" if c["exploratory"] else c["scope"]
+
+
+COMPARISON_NOTE = ("Paired on the same questions: each configuration's mean over its own seeds per question; SE "
+                   "from the questions' differences and each side's seed spread; p two-sided (normal), Holm-"
+                   "adjusted over all the comparisons below; \"beats\" only where the Holm-adjusted p < 0.05. "
+                   "Exploratory: a method's best configuration was chosen on these same data.")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.split()[0])
+    except (ValueError, IndexError):
+        return text == "–"
+    return True
+
+
+def _markdown_table(header: list[str], lines: list[list[str]]) -> list[str]:
+    numeric = ["---:" if lines and all(_is_number(line[i]) for line in lines) else "---" for i in range(len(header))]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(numeric) + "|"] + \
+        ["| " + " | ".join(line) + " |" for line in lines]
+
+
+def markdown(title: str, summary: dict[str, Any], found: list[dict[str, Any]], contents: StoreContents,
+             plots: list[Path]) -> str:
+    runs = len({r["run_id"] for r in contents.records})
+    lines = [f"# {title}", "", f"{runs} run(s) finished, {len(contents.failed)} failed.", ""]
+    lines += _markdown_table(*table_view(summary)) + ["", TABLE_NOTE, "", "## Comparisons", "", COMPARISON_NOTE, ""]
+    if found:
+        lines += _markdown_table(*comparison_view(found)) + [""] + [f"- {c['scope']}: {sentence(c)}" for c in found]
+    else:
+        lines.append("- (one configuration: nothing to compare)")
+    if contents.failed:
+        lines += ["", "## Failed runs", ""] + [f"- {f['name']} ({f['id']}): {f['error']}" for f in contents.failed]
+    lines += [f"\n![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 
 
-def csv_text(summary: dict[str, Any]) -> str:
+# ------------------------------------------------------------------------------------------------ files
+
+def table_csv(summary: dict[str, Any]) -> str:
+    """table.csv: one line per configuration x column, full precision (`sd` empty for one seed)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["configuration", "column", "mean", "sd", "ci95_low", "ci95_high", "seeds_t_low", "seeds_t_high",
-                     "answers_wilson_low", "answers_wilson_high", "n_seeds", "percent"])
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(TABLE_COLUMNS)
     for key, row in summary["rows"].items():
         for column, stat in row["cells"].items():
-            seeds = stat["ci95_seeds"] or (None, None)
-            writer.writerow([key, column, stat["mean"], stat["sd"], *stat["ci95"], *seeds, *stat["ci95_answers"],
-                             stat["n"], row["percent"]])
+            if stat is not None:
+                writer.writerow([key, column, stat["mean"], stat["sd"], *stat["ci95"], stat["n_seeds"],
+                                 stat["n_questions"], row["percent"]])
     return buffer.getvalue()
 
 
-def write_report(folders: list[str | Path], out: str | Path | None = None) -> dict[str, Any]:
-    """Write report.md, table.csv and the plots into `out` (default: the first folder's report/)."""
-    from llm_adapters.plots import study_figures
+def comparisons_csv(found: list[dict[str, Any]]) -> str:
+    """comparisons.csv: one line per comparison, full precision (empty where there is nothing to compare)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COMPARISON_COLUMNS)
+    for c in found:
+        writer.writerow([c["a"], c["b"], scope_text(c), c["difference"], c["se"], c["z"], c["p"], c["p_holm"],
+                         c["verdict"], c["n_questions"], c["a_better"], c["b_better"]])
+    return buffer.getvalue()
 
-    results, failed, specs = load(folders)
+
+def records_json(records: list[dict[str, Any]]) -> str:
+    """records.json: one record per line (question indices become JSON's string keys; `records.from_json`)."""
+    return "[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n"
+
+
+def write_report(folders: list[str | Path], out: str | Path | None = None) -> dict[str, Any]:
+    """Write report.md, report.html, table.csv, comparisons.csv, records.json and the plots into `out`
+    (default: the first folder's report/).
+
+    Raises:
+        MissingInputError: a folder that is not a study folder.
+    """
+    from llm_adapters.plots import study_figures
+    from llm_adapters.study.html import render_html
+    from llm_adapters.study.records import answers
+
+    contents = read_store(folders)
     out = Path(out) if out else Path(folders[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    if not results:
-        text = "No finished run yet.\n" + "".join(f"- failed: {f['name']}: {f['error']}\n" for f in failed)
+    if not contents.records:
+        text = "No finished run yet.\n" + "".join(f"- failed: {f['name']}: {f['error']}\n" for f in contents.failed)
         write_text_atomic(out / "report.md", text)
         return {"markdown": text, "folder": str(out), "plots": []}
-    summary = table(results)
-    found = comparisons(results, summary)
-    title = " + ".join(specs)
-    text = f"# {title}\n\n{len(results)} run(s) finished, {len(failed)} failed.\n\n" + markdown(summary, found, failed)
-    in_distribution = [t for spec in specs.values() for t in spec.get("in_distribution", [])]
-    pictures = study_figures(summary, out, in_distribution)
-    text += "".join(f"\n![{p.stem}]({p.name})\n" for p in pictures)
+    in_distribution = [t for spec in contents.specs.values() for t in spec.get("in_distribution", [])]
+    summary = table(contents.records, in_distribution)
+    found = comparisons(contents.records, summary)
+    title = " + ".join(contents.specs)
+    plots = study_figures(summary, out)
+    text = markdown(title, summary, found, contents, plots)
     write_text_atomic(out / "report.md", text)
-    write_text_atomic(out / "table.csv", csv_text(summary))
-    return {"markdown": text, "folder": str(out), "plots": [str(p) for p in pictures], "table": summary,
+    write_text_atomic(out / "table.csv", table_csv(summary))
+    write_text_atomic(out / "comparisons.csv", comparisons_csv(found))
+    write_text_atomic(out / "records.json", records_json(contents.records))
+    page = render_html(title, table_view(summary), comparison_view(found), [sentence(c) for c in found],
+                       plots, answers(contents), notes=(TABLE_NOTE, COMPARISON_NOTE))
+    write_text_atomic(out / "report.html", page)
+    return {"markdown": text, "folder": str(out), "plots": [str(p) for p in plots], "table": summary,
             "comparisons": found}

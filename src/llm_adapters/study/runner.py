@@ -16,7 +16,7 @@ from llm_adapters import config as configs
 from llm_adapters.errors import UserError
 from llm_adapters.files import write_json_atomic
 from llm_adapters.study import store
-from llm_adapters.study.spec import Run, StudySpec, expand, shard
+from llm_adapters.study.spec import POWER_DEFAULTS, Run, StudySpec, expand, shard
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -34,23 +34,30 @@ def trainable_percent(study: StudySpec, run: Run) -> dict[str, float]:
 
 def plan(study: StudySpec, shard_spec: str | None = None, calibrate: bool = True) -> list[dict[str, Any]]:
     """One row per run: id, name, grid values, trainable %, training tokens, questions, and (with `calibrate`,
-    where the base model loads here) an estimated time from a short measurement."""
+    where the base model loads here) an estimated time from a short measurement. The baseline run (the base
+    model alone) trains nothing: 0 trainable parameters, 0 training tokens."""
     runs = shard(expand(study), shard_spec)
     notes: list[str] = []
     tokens = _training_tokens(study, notes)
-    questions = _questions(study, notes)
+    per_task = task_questions(study, notes)
+    questions = sum(per_task.values()) if per_task is not None else None
     speed = _calibrate(study, notes) if calibrate and runs else None
     rows = []
     for run in runs:
-        counts = trainable_percent(study, run)
-        epochs = float(run.finetune.get("num_epochs", 3.0))
-        steps = run.finetune.get("max_steps", -1)
-        train_tokens = (tokens["per_example"] * int(run.finetune.get("batch_size", 16)) * steps
-                        if steps and steps > 0 else tokens["total"] * epochs) if tokens else None
-        row = {"id": run.id, "name": run.name, **run.values, "method": run.spec.method,
-               "placement": _placement(run), "seed": run.finetune.get("seed", 42),
+        if run.is_baseline:
+            counts, train_tokens = {"trainable": 0, "percent": 0.0}, 0
+        else:
+            counts = trainable_percent(study, run)
+            epochs = float(run.finetune.get("num_epochs", 3.0))
+            steps = run.finetune.get("max_steps", -1)
+            train_tokens = (tokens["per_example"] * int(run.finetune.get("batch_size", 16)) * steps
+                            if steps and steps > 0 else tokens["total"] * epochs) if tokens else None
+        row = {"id": run.id, "name": run.name, **run.values,
+               "method": "base" if run.is_baseline else run.spec.method,
+               "placement": None if run.is_baseline else _placement(run),
+               "seed": None if run.is_baseline else run.finetune.get("seed", 42),
                "trainable": counts["trainable"], "percent": counts["percent"],
-               "train_tokens": round(train_tokens) if train_tokens else None, "questions": questions}
+               "train_tokens": round(train_tokens) if train_tokens is not None else None, "questions": questions}
         if speed and train_tokens is not None and questions is not None:
             row["estimated_seconds"] = round(train_tokens / speed["train_tokens_per_s"]
                                              + questions * speed["seconds_per_question"])
@@ -58,6 +65,42 @@ def plan(study: StudySpec, shard_spec: str | None = None, calibrate: bool = True
     for note in notes:
         print(f"[study plan] {note}", flush=True)
     return rows
+
+
+def detectable(study: StudySpec) -> dict[str, Any] | None:
+    """The minimum detectable differences (80 % power, two-sided 5 %) of the comparisons the report will make,
+    per task and for the average, for the planned questions and seeds under the spec's `power` assumptions
+    (`statistics.minimum_detectable_difference`). None where the benchmark files are not here (no question
+    counts).
+
+    Returns:
+        {"questions": {task: N_t}, "seeds": k (the fewest seeds of a configuration), "assumptions": {...},
+         "between": {task: mdd, "average": mdd} (two configurations of k seeds each),
+         "against_base": {...} (a configuration of k seeds against the base model; only with a baseline run)}.
+    """
+    from llm_adapters.study.statistics import minimum_detectable_difference
+
+    notes: list[str] = []
+    questions = task_questions(study, notes)
+    if not questions:
+        return None
+    seeds: dict[str, int] = {}
+    for run in expand(study):
+        if not run.is_baseline:
+            seeds[run.configuration] = seeds.get(run.configuration, 0) + 1
+    k = min(seeds.values()) if seeds else 1
+    assumptions = study.assumptions()
+    accuracy = assumptions["accuracy"]
+    accuracy = {task: accuracy.get(task, POWER_DEFAULTS["accuracy"]) if isinstance(accuracy, dict) else accuracy
+                for task in questions}
+    common = dict(n_questions=questions, accuracy=accuracy, seed_sd=assumptions["seed_sd"],
+                  correlation=assumptions["correlation"])
+    found = {"questions": questions, "seeds": k, "configurations": len(seeds),
+             "assumptions": {**assumptions, "accuracy": accuracy},
+             "between": minimum_detectable_difference(**common, k_a=k, k_b=k)}
+    if study.baseline:
+        found["against_base"] = minimum_detectable_difference(**common, k_a=k, k_b=0)
+    return found
 
 
 def _placement(run: Run) -> str:
@@ -96,7 +139,9 @@ def _records(study: StudySpec) -> list[dict[str, Any]]:
     return read_records(study.data_path(), ("instruction", "output"))
 
 
-def _questions(study: StudySpec, notes: list[str]) -> int | None:
+def task_questions(study: StudySpec, notes: list[str]) -> dict[str, int] | None:
+    """The questions each task will ask (its file's records, cut at `limit`); None (with a note) where the
+    benchmark files are not here."""
     from llm_adapters.eval import EvalConfig, prepare_tasks
 
     config = configs.build(EvalConfig, study.evaluate, label="study evaluate")
@@ -105,7 +150,7 @@ def _questions(study: StudySpec, notes: list[str]) -> int | None:
     except Exception as error:  # no benchmark files here: the plan says so
         notes.append(f"questions unknown: {type(error).__name__}: {str(error).splitlines()[0]}")
         return None
-    return sum(min(len(d.records), config.limit or len(d.records)) for d in prepared.data)
+    return {d.task.name: min(len(d.records), config.limit or len(d.records)) for d in prepared.data}
 
 
 def _calibrate(study: StudySpec, notes: list[str]) -> dict[str, float] | None:
@@ -248,36 +293,16 @@ def _training_data(study: StudySpec, out: Path) -> Path:
 
 
 def execute(study: StudySpec, run: Run, out: Path, data: Path, progress: bool = True) -> bool:
-    """Fine-tune and evaluate one run into its folder; record its result (or its failure). True if done."""
-    from llm_adapters.eval import EvalConfig, evaluate
-    from llm_adapters.methods import load_adapter
-    from llm_adapters.models import load_dtype, load_model, resolve_device
-    from llm_adapters.train import FinetuneConfig, finetune
-
+    """Fine-tune and evaluate one run into its folder (the baseline run: evaluate the base model alone); record
+    its result (or its failure). True if done."""
     folder = store.run_folder(out, run)
     folder.mkdir(parents=True, exist_ok=True)
     store.mark_running(folder)
     store.record_event(out, "started", run)
     _reset_peak_memory()
     try:
-        config = configs.build(FinetuneConfig, {
-            **run.finetune, "data": str(data), "output_dir": str(folder / "adapter"), "base_model": study.base_model,
-            "adapter": run.spec.to_dict(), "progress": progress}, label=f"run {run.name}")
-        adapter = finetune(config)
-        manifest = json.loads((adapter / "manifest.json").read_text(encoding="utf-8"))
-        loss = manifest["training"]["mean_loss"]
-        if loss is None or not math.isfinite(loss):
-            raise FloatingPointError(f"the training loss is not finite ({loss}): the run diverged")
-        eval_started = time.time()
-        settings = configs.build(EvalConfig, {
-            **run.evaluate, "base_model": study.base_model, "adapter": str(adapter),
-            "output_dir": str(folder / "eval"), "progress": progress}, label=f"run {run.name} evaluate")
-        model, tokenizer = load_model(study.base_model, device=settings.device,
-                                      dtype=load_dtype(resolve_device(settings.device), settings.dtype))
-        model = load_adapter(model, adapter, base_model=study.base_model)
-        evaluation = evaluate(model, tokenizer, settings)
-        del model
-        result = _result(run, study, manifest, adapter, evaluation, time.time() - eval_started, folder)
+        result = _baseline(study, run, folder, progress) if run.is_baseline else \
+            _finetune_and_evaluate(study, run, folder, data, progress)
     except Exception as error:  # any failure of one run is recorded and the study goes on
         write_json_atomic(folder / store.FAILED, {"id": run.id, "name": run.name, "values": run.values,
                                                   "error": f"{type(error).__name__}: {error}",
@@ -293,6 +318,64 @@ def execute(study: StudySpec, run: Run, out: Path, data: Path, progress: bool = 
     return True
 
 
+def _finetune_and_evaluate(study: StudySpec, run: Run, folder: Path, data: Path, progress: bool
+                           ) -> dict[str, Any]:
+    from llm_adapters.eval import EvalConfig, evaluate
+    from llm_adapters.methods import load_adapter
+    from llm_adapters.train import FinetuneConfig, finetune
+
+    config = configs.build(FinetuneConfig, {
+        **run.finetune, "data": str(data), "output_dir": str(folder / "adapter"), "base_model": study.base_model,
+        "adapter": run.spec.to_dict(), "progress": progress}, label=f"run {run.name}")
+    adapter = finetune(config)
+    manifest = json.loads((adapter / "manifest.json").read_text(encoding="utf-8"))
+    loss = manifest["training"]["mean_loss"]
+    if loss is None or not math.isfinite(loss):
+        raise FloatingPointError(f"the training loss is not finite ({loss}): the run diverged")
+    eval_started = time.time()
+    settings = configs.build(EvalConfig, {
+        **run.evaluate, "base_model": study.base_model, "adapter": str(adapter),
+        "output_dir": str(folder / "eval"), "progress": progress}, label=f"run {run.name} evaluate")
+    model, tokenizer = _load_for(study.base_model, settings)
+    model = load_adapter(model, adapter, base_model=study.base_model)
+    evaluation = evaluate(model, tokenizer, settings)
+    del model
+    return _result(run, study, manifest, adapter, evaluation, time.time() - eval_started, folder)
+
+
+def _load_for(base_model: str, settings: Any) -> tuple[Any, Any]:
+    """The base model as its evaluation settings want it (bf16 on a CPU with bf16 units: fp32 weights whose
+    products run in bf16, `models.load_dtype`)."""
+    from llm_adapters.models import load_dtype, load_model, resolve_device
+
+    return load_model(base_model, device=settings.device,
+                      dtype=load_dtype(resolve_device(settings.device), settings.dtype))
+
+
+def _baseline(study: StudySpec, run: Run, folder: Path, progress: bool) -> dict[str, Any]:
+    """The base model alone, evaluated with the study's settings (`spec.baseline_run`): its record has no
+    grid values, no seed, 0 trainable parameters and no training metrics."""
+    import torch
+
+    from llm_adapters.eval import EvalConfig, evaluate
+    from llm_adapters.methods import count_parameters
+
+    started = time.time()
+    settings = configs.build(EvalConfig, {
+        **run.evaluate, "base_model": study.base_model, "output_dir": str(folder / "eval"), "progress": progress},
+        label=f"run {run.name} evaluate")
+    model, tokenizer = _load_for(study.base_model, settings)
+    parameters = count_parameters(model)
+    evaluation = evaluate(model, tokenizer, settings)
+    del model
+    return {"id": run.id, "name": run.name, "study": study.name, "base_model": study.base_model, "values": {},
+            "baseline": True, "method": "base", "placement": None, "seed": None, "spec": None,
+            "parameters": {**parameters, "trainable": 0, "percent": 0.0},
+            "metrics": {"peak_rss_bytes": _peak_rss(), "eval_seconds": round(time.time() - started, 1),
+                        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None},
+            "tasks": _task_outcomes(evaluation, folder)}
+
+
 def _result(run: Run, study: StudySpec, manifest: dict[str, Any], adapter: Path, evaluation: dict[str, Any],
             eval_seconds: float, folder: Path) -> dict[str, Any]:
     """The run's record: its grid values, what PEFT's method_comparison records (training wall time, real
@@ -303,13 +386,6 @@ def _result(run: Run, study: StudySpec, manifest: dict[str, Any], adapter: Path,
     training = manifest["training"]
     runtime = training.get("train_runtime_s") or training.get("wall_time_s")
     real_tokens = training["tokens_per_step"] * training["steps"]
-    tasks = {}
-    for name, summary in evaluation["tasks"].items():
-        key = "correct" if summary["metric"] == "generate" else "loglik_correct"
-        lines = (folder / "eval" / name / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
-        outcomes = [bool(json.loads(line)[key]) for line in lines][:summary["n"]]
-        tasks[name] = {"accuracy": summary["accuracy"], "n": summary["n"], "correct": summary["correct"],
-                       "group": summary["group"], "outcomes": outcomes}
     return {
         "id": run.id, "name": run.name, "study": study.name, "base_model": study.base_model, "values": run.values,
         "method": run.spec.method, "placement": _placement(run), "seed": manifest["seed"],
@@ -320,8 +396,23 @@ def _result(run: Run, study: StudySpec, manifest: dict[str, Any], adapter: Path,
                     "adapter_bytes": sum(p.stat().st_size for p in adapter.glob("adapter_model.*")),
                     "eval_seconds": round(eval_seconds, 1), "mean_loss": training["mean_loss"],
                     "last_loss": training["last_loss"]},
-        "tasks": tasks,
+        "tasks": _task_outcomes(evaluation, folder),
     }
+
+
+def _task_outcomes(evaluation: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Per task: accuracy, n, correct and `outcomes`, the list of each question's outcome in question-index order
+    (position i = question i; an evaluation answers questions 0 .. n-1)."""
+    from llm_adapters.eval.score import PredictionLog
+
+    tasks = {}
+    for name, summary in evaluation["tasks"].items():
+        key = "correct" if summary["metric"] == "generate" else "loglik_correct"
+        done = PredictionLog(folder / "eval" / name / "predictions.jsonl").load()
+        outcomes = [bool(done[i][key]) for i in range(summary["n"])]
+        tasks[name] = {"accuracy": summary["accuracy"], "n": summary["n"], "correct": summary["correct"],
+                       "group": summary["group"], "outcomes": outcomes}
+    return tasks
 
 
 def _reset_peak_memory() -> None:

@@ -13,12 +13,23 @@
     overrides: {lora: {r: 32, alpha: 64}}   # per-method spec fields
     exclude: [{method: series, placement: attn}]
     in_distribution: [gsm8k]           # optional: the tasks that are in-distribution (RQ3 plots)
+    baseline: true                     # optional (default true): also evaluate the base model alone, once
+    power: {accuracy: 0.5, seed_sd: 0.02, correlation: 0.5}   # optional: `study plan`'s assumptions (below)
 
 A run's adapter spec is `adapter`, then the method's `overrides`, then the grid's spec values; its fine-tuning
 settings are `finetune`, then the grid's finetune values. Its id hashes what decides its results within the
 study: the fine-tuning settings, the base model, the spec's fields the method uses (placement resolved), and the
 evaluation settings; the training data, the same for every run, is checked by content when a study folder is
 opened (`StudySpec.fixed`). Two grid points that resolve to the same run are one run.
+
+The `baseline` run is the base model evaluated once with the study's evaluation settings (its template: the
+`evaluate` section's, else the `finetune` section's, which the adapters are trained and evaluated with); it is
+stored and resumed like any run (`base-<id>`), and the report shows it as the first row.
+
+`power` holds what `study plan` assumes to print the minimum detectable differences (`statistics.
+minimum_detectable_difference`): `accuracy` (a number, or a mapping task -> number; default 0.5, where the
+question noise is largest), `seed_sd` (the standard deviation of a configuration's accuracy over training seeds,
+default 0.02) and `correlation` (of two configurations' per-question outcomes, default 0.5).
 """
 from __future__ import annotations
 
@@ -26,6 +37,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +47,9 @@ from llm_adapters import config as configs
 from llm_adapters.errors import UserError
 
 KEYS = ("name", "description", "base_model", "data", "finetune", "evaluate", "adapter", "grid", "overrides",
-        "exclude", "in_distribution", "resources")
+        "exclude", "in_distribution", "resources", "baseline", "power")
+# `study plan`'s assumptions for the minimum detectable differences (the module docstring says what each means).
+POWER_DEFAULTS = {"accuracy": 0.5, "seed_sd": 0.02, "correlation": 0.5}
 # Set by the study for every run: not for `finetune` / `evaluate` sections or grid axes.
 _FINETUNE_SET = ("data", "base_model", "adapter", "output_dir", "overwrite", "progress")
 _EVALUATE_SET = ("base_model", "adapter", "output_dir", "overwrite", "progress")
@@ -57,6 +71,16 @@ class Run:
     evaluate: dict[str, Any]  # EvalConfig fields, without base_model, adapter, output_dir
 
     @property
+    def is_baseline(self) -> bool:
+        """The base model alone (no adapter, no fine-tuning)."""
+        return self.spec is None
+
+    @property
+    def configuration(self) -> str:
+        """The configuration this run is a seed of (`configuration_key`)."""
+        return BASELINE if self.is_baseline else configuration_key(self.values)
+
+    @property
     def folder_name(self) -> str:
         return re.sub(r"[^A-Za-z0-9.+_-]+", "-", f"{self.name}-{self.id}")
 
@@ -76,6 +100,8 @@ class StudySpec:
     exclude: tuple[dict[str, Any], ...] = ()
     in_distribution: tuple[str, ...] = ()
     resources: dict[str, Any] = field(default_factory=dict)
+    baseline: bool = True
+    power: dict[str, Any] = field(default_factory=dict)  # plan's assumptions, over POWER_DEFAULTS
     description: str = ""
     source: str = ""  # the file it was read from
 
@@ -85,6 +111,10 @@ class StudySpec:
         return {"base_model": self.base_model, "data": data_identity(self.data, self.source),
                 "finetune": self.finetune, "evaluate": self.evaluate, "adapter": self.adapter,
                 "overrides": self.overrides}
+
+    def assumptions(self) -> dict[str, Any]:
+        """`study plan`'s assumptions: POWER_DEFAULTS with the spec's `power` on top."""
+        return {**POWER_DEFAULTS, **self.power}
 
     def axes(self) -> list[str]:
         """Every grid axis, in the order the spec names them."""
@@ -198,6 +228,10 @@ def build_study(values: dict[str, Any], source: str = "") -> StudySpec:
     for entry in exclude if isinstance(exclude, list) else [exclude]:
         if not isinstance(entry, dict) or not set(entry) <= all_axes:
             problems.append(f"exclude entry {entry!r}: a mapping of grid axes ({', '.join(sorted(all_axes))})")
+    baseline = values.get("baseline", True)
+    if not isinstance(baseline, bool):
+        problems.append(f"baseline must be true or false, got {baseline!r}")
+    problems += _power_problems(values.get("power") or {})
     if problems:
         raise UserError(f"invalid study spec: {where}" + "; ".join(problems))
     study = StudySpec(
@@ -206,27 +240,90 @@ def build_study(values: dict[str, Any], source: str = "") -> StudySpec:
         finetune=dict(values.get("finetune") or {}), evaluate=dict(values.get("evaluate") or {}),
         adapter=dict(values.get("adapter") or {}), overrides={k: dict(v) for k, v in overrides.items()},
         exclude=tuple(exclude), in_distribution=tuple(values.get("in_distribution") or ()),
-        resources=dict(values.get("resources") or {}), description=str(values.get("description", "")),
-        source=source)
+        resources=dict(values.get("resources") or {}), baseline=baseline, power=dict(values.get("power") or {}),
+        description=str(values.get("description", "")), source=source)
     expand(study)  # every grid point must be a valid run: reported now, not after hours of the others
     return study
 
 
+def _power_problems(power: Any) -> list[str]:
+    """What is wrong with a spec's `power` section (accuracy in (0, 1), or a mapping task -> such a number;
+    seed_sd >= 0; correlation in [-1, 1])."""
+    if not isinstance(power, dict):
+        return [f"power must be a mapping ({', '.join(POWER_DEFAULTS)}), got {power!r}"]
+    problems = [f"power.{key}: unknown; accepted: {', '.join(POWER_DEFAULTS)}" for key in power
+                if key not in POWER_DEFAULTS]
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    accuracy = power.get("accuracy", POWER_DEFAULTS["accuracy"])
+    for task, value in accuracy.items() if isinstance(accuracy, dict) else [(None, accuracy)]:
+        if not number(value) or not 0 < value < 1:
+            where = "power.accuracy" + (f".{task}" if task is not None else "")
+            problems.append(f"{where} must be a number in (0, 1) (or a mapping task -> such a number), "
+                            f"got {value!r}")
+    seed_sd = power.get("seed_sd", POWER_DEFAULTS["seed_sd"])
+    if not number(seed_sd) or seed_sd < 0:
+        problems.append(f"power.seed_sd must be a number >= 0 (an accuracy's sd over seeds, 0.02 = 2 points), "
+                        f"got {seed_sd!r}")
+    correlation = power.get("correlation", POWER_DEFAULTS["correlation"])
+    if not number(correlation) or not -1 <= correlation <= 1:
+        problems.append(f"power.correlation must be a number in [-1, 1], got {correlation!r}")
+    return problems
+
+
+# The configuration of the baseline run (the base model alone): the first row of a report.
+BASELINE = "base model"
+
+
+def configuration_key(values: dict[str, Any]) -> str:
+    """The configuration a run is a seed of: its grid values but the seed, with their axis names
+    (`method=lora,r=8`), so two grid points that print alike (`r: 8` and `alpha: 8`) stay two configurations."""
+    parts = [f"{axis}={_text(value)}" for axis, value in values.items() if axis != "seed"]
+    return ",".join(parts) or "(no grid values)"
+
+
+def _text(value: Any) -> str:
+    return "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def baseline_run(study: StudySpec) -> Run:
+    """The base model evaluated alone with the study's evaluation settings, its id a hash of the base model and
+    those settings (template: `evaluate`'s, else `finetune`'s, else the fine-tuning default)."""
+    from llm_adapters.train.config import FinetuneConfig
+
+    evaluate = dict(study.evaluate)
+    template_default = next(f.default for f in dataclasses.fields(FinetuneConfig) if f.name == "template")
+    evaluate.setdefault("template", study.finetune.get("template", template_default))
+    identity = {"baseline": True, "evaluate": _eval_identity(evaluate), "base_model": study.base_model}
+    run_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:ID_LENGTH]
+    return Run(run_id, "base", {}, None, {}, evaluate)
+
+
+def _eval_identity(evaluate: dict[str, Any]) -> dict[str, Any]:
+    from llm_adapters.eval.config import EvalConfig
+
+    settings = configs.build(EvalConfig, evaluate, label="study evaluate").to_dict()
+    return {k: settings[k] for k in ("tasks", "limit", "template", "protocol", "scoring", "rules", "max_new_tokens")}
+
+
 def expand(study: StudySpec) -> list[Run]:
-    """The study's runs, in grid order, without exclusions and duplicates.
+    """The study's runs: the baseline run first (unless `baseline: false`), then the grid's runs in grid order,
+    without exclusions and duplicates.
 
     Raises:
         UserError: a grid point that is not a valid run (its adapter spec or fine-tuning settings), named.
     """
-    from llm_adapters.eval.config import EvalConfig
     from llm_adapters.methods.spec import AdapterSpec, make_spec
     from llm_adapters.train.config import FinetuneConfig
 
     spec_fields = {f.name for f in dataclasses.fields(AdapterSpec)}
-    evaluate = configs.build(EvalConfig, study.evaluate, label="study evaluate").to_dict()
-    eval_identity = {k: evaluate[k] for k in ("tasks", "limit", "template", "protocol", "scoring", "rules",
-                                              "max_new_tokens")}
+    eval_identity = _eval_identity(study.evaluate)
     runs: dict[str, Run] = {}
+    if study.baseline:
+        base = baseline_run(study)
+        runs[base.id] = base
     problems = []
     for product in study.grid:
         axes = list(product)

@@ -141,9 +141,14 @@ def mark_running(folder: Path) -> None:
     write_json_atomic(folder / RUNNING, {"host": socket.gethostname(), "pid": os.getpid()})
 
 
-def results(out: str | Path) -> list[dict[str, Any]]:
+def result_paths(out: str | Path) -> list[Path]:
     """Every finished run's result.json in the study folder, one per run (sorted by folder)."""
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(runs_dir(out).glob(f"*/{RESULT}"))]
+    return sorted(runs_dir(out).glob(f"*/{RESULT}"))
+
+
+def results(out: str | Path) -> list[dict[str, Any]]:
+    """Every finished run's result, one per run (sorted by folder)."""
+    return [json.loads(p.read_text(encoding="utf-8")) for p in result_paths(out)]
 
 
 def failures(out: str | Path) -> list[dict[str, Any]]:
