@@ -26,11 +26,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 QUESTIONS = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a + b}", "answer": str(a + b)}
              for a, b in [(1, 2), (13, 4), (7, 25)]]
 TABLE = [["configuration", "column", "mean", "sd", "ci95_low", "ci95_high", "n_seeds", "n_questions", "percent"],
-         ["lora-attn", "sums", "0.6666666666666666", "0.0", "0.2077", "0.9385", "1", "3", "1.88"],
-         ["series-mlp", "sums", "0.3333333333333333", "0.0", "0.0615", "0.7923", "1", "3", "0.94"]]
+         ["method=lora,placement=attn", "sums", "0.6666666666666666", "0.0", "0.2077", "0.9385", "1", "3", "1.88"],
+         ["method=series,placement=mlp", "sums", "0.3333333333333333", "0.0", "0.0615", "0.7923", "1", "3", "0.94"]]
 COMPARISONS = [["a", "b", "scope", "difference", "se", "z", "p", "p_holm", "verdict", "n_questions", "a_better",
                 "b_better"],
-               ["lora-attn", "series-mlp", "methods", "0.3333", "0.27", "1.22", "0.5", "0.5", "inside the noise", "3",
+               ["method=lora,placement=attn", "method=series,placement=mlp", "methods", "0.3333", "0.27", "1.22", "0.5", "0.5", "inside the noise", "3",
                 "1", "0"]]
 
 
@@ -42,7 +42,7 @@ def _write_run(study: Path, name: str, values: dict[str, Any], correct: list[boo
     (folder / "eval" / "sums").mkdir(parents=True)
     (folder / "result.json").write_text(json.dumps({
         "id": "0123456789", "name": name, "study": "hand-made", "values": values,
-        "method": method or values["method"], "seed": values.get("seed"), "tasks": {"sums": {"accuracy": sum(correct) / 3, "n": 3, "correct": sum(correct),
+        "method": method or values["method"], "seed": values.get("seed"), "baseline": method == "base", "tasks": {"sums": {"accuracy": sum(correct) / 3, "n": 3, "correct": sum(correct),
                                                    "group": "math", "outcomes": correct}}}))
     (folder / "eval" / "sums" / "predictions.jsonl").write_text("".join(json.dumps({
         "index": i, "prompt": f"### Instruction:\n{q['instruction']}\n\n### Response:\n", "generation": f"The answer is "
@@ -64,14 +64,14 @@ def make_study(root: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(3, 2))
-    axis.bar(["lora-attn", "series-mlp"], [66.7, 33.3])
+    axis.bar(["method=lora,placement=attn", "method=series,placement=mlp"], [66.7, 33.3])
     figure.savefig(study / "report" / "accuracy.png")
     plt.close(figure)
     _write_run(study, "lora-attn-s1", {"method": "lora", "placement": "attn", "seed": 1}, [True, True, False],
                ["3", "17", "31"])
     _write_run(study, "series-mlp-s1", {"method": "series", "placement": "mlp", "seed": 1}, [True, False, False],
                ["3", "18", "30"])
-    _write_run(study, "base", {}, [False, False, True], ["4", "18", "32"], method="base")  # no seed: trained once
+    _write_run(study, "base", {}, [False, False, True], ["4", "18", "32"], method="base")  # the baseline run
     return study
 
 
@@ -89,16 +89,16 @@ def make_run(root: Path) -> Path:
 def test_study_files_read_the_table_plots_and_the_questions_two_configurations_disagree_on(tmp_path: Path) -> None:
     study = make_study(tmp_path)
     header, rows = studies.table(study)
-    assert header == TABLE[0] and rows[0][:3] == ["lora-attn", "sums", "0.6667"]
+    assert header == TABLE[0] and rows[0][:3] == ["method=lora,placement=attn", "sums", "0.6667"]
     assert studies.comparisons(study)[1][0][8] == "inside the noise"
     assert [p.name for p in studies.plots(study)] == ["accuracy.png"]
-    assert sorted(studies.configurations(study)) == ["base", "lora-attn", "series-mlp"]
-    differing = studies.disagreements(study, "lora-attn", "series-mlp", "sums")
+    assert sorted(studies.configurations(study)) == ["base model", "method=lora,placement=attn", "method=series,placement=mlp"]
+    differing = studies.disagreements(study, "method=lora,placement=attn", "method=series,placement=mlp", "sums")
     assert [(d["index"], d["a_correct"], d["b_correct"], d["a_answer"], d["b_answer"]) for d in differing] == [
         (1, True, False, 17.0, 18.0)]
     assert differing[0]["question"] == "What is 13 plus 4?"
     # The base model, run once without a seed, is compared with each seed of the other configuration.
-    assert [(d["index"], d["seed"], d["a_correct"]) for d in studies.disagreements(study, "base", "lora-attn", "sums")
+    assert [(d["index"], d["seed"], d["a_correct"]) for d in studies.disagreements(study, "base model", "method=lora,placement=attn", "sums")
             ] == [(0, 1, False), (1, 1, False), (2, 1, True)]
     assert studies.table(tmp_path / "nothing") == ([], [])
 
@@ -230,11 +230,11 @@ def test_ui_study_shows_the_hand_made_table_and_the_disagreements(page: Any) -> 
     from playwright.sync_api import expect
 
     table = page.locator("#study-table")
-    expect(table).to_contain_text("series-mlp", timeout=30_000)
+    expect(table).to_contain_text("method=series,placement=mlp", timeout=30_000)
     text = table.inner_text()
-    assert "lora-attn" in text and "0.6667" in text and "0.9385" in text
+    assert "method=lora,placement=attn" in text and "0.6667" in text and "0.9385" in text
     page.get_by_role("button", name="Show").click()
-    page.get_by_text("3 answers on sums where base (A) and lora-attn (B) differ").wait_for(timeout=30_000)
+    page.get_by_text("3 answers on sums where base model (A) and method=lora,placement=attn (B) differ").wait_for(timeout=30_000)
     assert "What is 13 plus 4?" in page.content()
     _shot(page, "study")
 

@@ -71,9 +71,11 @@ def results(study: str | Path) -> list[tuple[Path, dict[str, Any]]]:
 
 
 def configuration(result: dict[str, Any]) -> str:
-    """A run's configuration as the report labels its rows: the grid values but the seed, joined by '-' (the
-    method for a run without values, the base model)."""
-    return "-".join(str(v) for k, v in result.get("values", {}).items() if k != "seed") or str(result.get("method"))
+    """A run's configuration as the report labels its rows (`study.spec.configuration_key`: the grid values but the
+    seed, with their axis names; the baseline run is the base model)."""
+    from llm_adapters.study.spec import BASELINE, configuration_key
+
+    return BASELINE if result.get("baseline") else configuration_key(result.get("values", {}))
 
 
 def configurations(study: str | Path) -> dict[str, dict[Any, Path]]:
