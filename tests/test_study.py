@@ -284,3 +284,112 @@ def test_study_run_on_a_local_ray_instance_gives_the_local_results(tmp_path):
     assert on_ray == here and len(here) == 4
     events = [e["event"] for e in store.read_index(tmp_path / "ray")]
     assert events.count("done") == 2 and events.count("started") == 2
+
+
+# --- Ray: resources, a worker that dies ---------------------------------------------------------------------
+
+def test_ray_resources_ask_for_a_gpu_where_the_cluster_has_them_and_the_spec_is_silent():
+    from llm_adapters.study.runner import ray_resources
+
+    assert ray_resources({}, {"CPU": 64, "GPU": 8}) == {"num_cpus": 1, "num_gpus": 1}
+    assert ray_resources({}, {"CPU": 64}) == {"num_cpus": 1, "num_gpus": 0}
+    assert ray_resources({"gpus": 0, "cpus": 4}, {"GPU": 8}) == {"num_cpus": 4, "num_gpus": 0}
+    assert ray_resources({"gpus": 0.5}, {"GPU": 8}) == {"num_cpus": 1, "num_gpus": 0.5}
+
+
+@pytest.mark.parametrize("resources, message", [
+    ({"gpu": 1}, "resources.gpu: unknown; accepted: cpus, gpus"),
+    ({"gpus": "one"}, "resources.gpus must be a number >= 0, got 'one'"),
+    ({"cpus": 0}, "resources.cpus must be a number > 0, got 0"),
+    ([1], "resources must be a mapping such as {gpus: 1, cpus: 8}, got [1]"),
+])
+def test_bad_resources_are_one_line_naming_the_key(resources, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        build_study(_spec(resources=resources))
+
+
+def test_a_ray_worker_killed_inside_a_run_is_that_runs_failure_and_the_study_goes_on(tmp_path, monkeypatch):
+    import ray
+
+    from llm_adapters.study import runner
+
+    spec = _spec(grid={"method": ["lora"], "placement": ["attn", "mlp"], "seed": [1]}, exclude=[], baseline=False,
+                 resources={"cpus": 1})
+    study = build_study(spec)
+    doomed = expand(study)[0].name
+    real = runner._execute_in_worker
+
+    def killed_in_one_run(study, run, out, data, progress):  # pickled by value: runs in the worker
+        if run.name == doomed:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+        return real(study, run, out, data, progress)
+
+    monkeypatch.setattr(runner, "_execute_in_worker", killed_in_one_run)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        counts = run_study(study, tmp_path / "s", executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert counts == {"done": 1, "failed": 1, "skipped": 0}
+    failed = json.loads((store.run_folder(tmp_path / "s", expand(study)[0]) / store.FAILED).read_text())
+    assert failed["error"].startswith("the Ray task died: ") and failed["name"] == doomed
+    assert [r["name"] for r in store.failures(tmp_path / "s")] == [doomed]
+    assert store.status(store.run_folder(tmp_path / "s", expand(study)[1])) == "done"
+
+
+# --- leases: a run alive on another host is left alone, a stale one is taken over ---------------------------
+
+def _lease(folder: Path, host: str, age: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / store.RUNNING).write_text(json.dumps({"host": host, "pid": 1, "owner": "elsewhere",
+                                                    "renewed": time.time() - age}))
+
+
+def test_a_run_whose_lease_another_host_renews_is_skipped_and_a_stale_one_is_redone(tmp_path):
+    spec = _spec(grid={"method": ["lora"], "placement": ["attn", "mlp"], "seed": [1]}, exclude=[], baseline=False)
+    study = build_study(spec)
+    fresh_run, stale_run = expand(study)
+    store.open_store(tmp_path, study)
+    _lease(store.run_folder(tmp_path, fresh_run), "node-7", age=5)  # renewed 5 s ago on another machine
+    _lease(store.run_folder(tmp_path, stale_run), "node-7", age=store.STALE + 60)  # that machine was lost
+    assert store.status(store.run_folder(tmp_path, fresh_run)) == "running"
+    assert store.status(store.run_folder(tmp_path, stale_run)) == "interrupted"
+    counts = run_study(study, tmp_path, progress=False)
+    assert counts == {"done": 1, "failed": 0, "skipped": 1}
+    assert store.status(store.run_folder(tmp_path, stale_run)) == "done"
+    assert not (store.run_folder(tmp_path, stale_run) / store.RUNNING).exists()  # released
+    assert json.loads((store.run_folder(tmp_path, fresh_run) / store.RUNNING).read_text())["host"] == "node-7"
+
+
+def test_a_held_lease_is_renewed_while_the_run_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "RENEW", 0.05)
+    lease = store.Lease(tmp_path / "run")
+    assert lease.claim()
+    first = json.loads((tmp_path / "run" / store.RUNNING).read_text())["renewed"]
+    time.sleep(0.5)
+    assert json.loads((tmp_path / "run" / store.RUNNING).read_text())["renewed"] > first
+    assert not store.Lease(tmp_path / "run").claim()  # fresh: another driver keeps off
+    lease.release()
+    assert not (tmp_path / "run" / store.RUNNING).exists()
+
+
+def test_two_drivers_started_at_once_on_one_store_train_each_run_once(tmp_path):
+    spec = _write(tmp_path / "spec.yaml", _spec(grid={"method": ["lora", "series"], "placement": ["mlp"],
+                                                     "seed": [1, 2]}, exclude=[]))
+    command = [sys.executable, "-m", "llm_adapters", "study", "run", str(spec), "--out", str(tmp_path / "s"),
+               "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    drivers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outputs = [driver.communicate(timeout=900) for driver in drivers]
+    assert all(d.returncode == 0 for d in drivers), [o[1][-2000:] for o in outputs]
+    events = store.read_index(tmp_path / "s")
+    runs = expand(load_study(spec))
+    for run in runs:
+        assert [e["event"] for e in events if e["id"] == run.id] == ["started", "done"], run.name
+        assert store.status(store.run_folder(tmp_path / "s", run)) == "done"
+    met = [out.count("running elsewhere") + out.count("finished by another driver") for out, _ in outputs]
+    assert sum(met) >= 1  # the drivers met on at least one run

@@ -322,6 +322,9 @@ def _run_study_plan(args: argparse.Namespace) -> int:
     print(f"{len(rows)} runs" + (f"; estimated {total / 3600:.2f} h on this machine (from a short calibration: an "
                                  "estimate)" if any("estimated_seconds" in row for row in rows) else ""))
     _print_detectable(detectable(study))
+    gpus = study.resources.get("gpus")
+    print(f"on Ray (--executor ray): each run a task with cpus {study.resources.get('cpus', 1)} and gpus "
+          + (f"{gpus}" if gpus is not None else "1 where the cluster has GPUs, else 0 (the spec sets none)"))
     return 0
 
 

@@ -226,7 +226,7 @@ def run_study(study: StudySpec, out: str | Path, shard_spec: str | None = None, 
                 else _ray(study, todo, out, data, progress, ray_address))
     for number, run, ok in outcomes:
         finished += 1
-        counts["done" if ok else "failed"] += 1
+        counts["skipped" if ok is None else "done" if ok else "failed"] += 1
         left = len(todo) - finished
         eta = f", ETA {_duration(left * (time.time() - started) / finished)}" if left else ""
         print(f"[study] finished {run.name} ({run.id}), {number}/{len(runs)} of the study: {finished} of "
@@ -242,24 +242,41 @@ def _local(study: StudySpec, todo: list[tuple[int, Run]], out: Path, data: Path,
         yield number, run, execute(study, run, out, data, progress)
 
 
+def ray_resources(resources: dict[str, Any], cluster: dict[str, float]) -> dict[str, float]:
+    """What each run's Ray task asks for: the spec's `resources` (`cpus`, default 1; `gpus`), and where the spec
+    sets no `gpus` and the cluster has GPUs, one GPU (Ray hides the GPUs from a task that asks for none, which
+    would then train on the CPU in fp32)."""
+    gpus = resources.get("gpus", 1 if cluster.get("GPU", 0) > 0 else 0)
+    return {"num_cpus": resources.get("cpus", 1), "num_gpus": gpus}
+
+
 def _ray(study: StudySpec, todo: list[tuple[int, Run]], out: Path, data: Path, progress: bool,
          address: str | None):
-    """Each run a Ray task (resources from the spec: `resources: {gpus: 1, cpus: 4}`), yielded as they finish."""
+    """Each run a Ray task (`ray_resources`), yielded as they finish. A task whose worker dies (killed for
+    memory, a lost node) is recorded as that run's failure with the cause, and the study goes on (no automatic
+    retry: `--retry-failed` runs it again)."""
     try:
         import ray
     except ImportError as error:
         raise UserError("--executor ray needs Ray: pip install 'llm-adapters[ray]'") from error
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
-    resources = {"num_cpus": study.resources.get("cpus", 1), "num_gpus": study.resources.get("gpus", 0)}
-    task = ray.remote(**resources)(_execute_in_worker)
+    resources = ray_resources(study.resources, ray.cluster_resources())
+    why = " (the cluster has GPUs and the spec sets none: one a run)" if "gpus" not in study.resources and \
+        resources["num_gpus"] else ""
+    print(f"[study] each run a Ray task with {resources}{why}", flush=True)
+    task = ray.remote(max_retries=0, **resources)(_execute_in_worker)
     pending = {task.remote(study, run, str(out), str(data), progress): (number, run) for number, run in todo}
-    for number, run in todo:
-        print(f"[study] submitted {run.name} ({run.id}) to Ray ({resources})", flush=True)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         number, run = pending.pop(ready[0])
-        yield number, run, ray.get(ready[0])
+        try:
+            ok = ray.get(ready[0])
+        except ray.exceptions.RayError as error:  # the worker died, or the task could not run at all
+            cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            record_failure(out, run, f"the Ray task died: {type(error).__name__}: {cause}", str(error))
+            ok = False
+        yield number, run, ok
 
 
 def _execute_in_worker(study: StudySpec, run: Run, out: str, data: str, progress: bool) -> bool:
@@ -292,30 +309,43 @@ def _training_data(study: StudySpec, out: Path) -> Path:
     return path
 
 
-def execute(study: StudySpec, run: Run, out: Path, data: Path, progress: bool = True) -> bool:
+def execute(study: StudySpec, run: Run, out: Path, data: Path, progress: bool = True) -> bool | None:
     """Fine-tune and evaluate one run into its folder (the baseline run: evaluate the base model alone); record
-    its result (or its failure). True if done."""
+    its result (or its failure). True if done, False if failed, None if another driver holds the run's lease
+    (it is running there: skipped)."""
     folder = store.run_folder(out, run)
-    folder.mkdir(parents=True, exist_ok=True)
-    store.mark_running(folder)
-    store.record_event(out, "started", run)
-    _reset_peak_memory()
+    if (folder / store.RESULT).exists():
+        print(f"[study] run {run.name} ({run.id}) was finished by another driver meanwhile: skipped", flush=True)
+        return None
+    lease = store.Lease(folder)
+    if not lease.claim():
+        print(f"[study] run {run.name} ({run.id}) is running elsewhere (its lease is fresh): skipped", flush=True)
+        return None
     try:
-        result = _baseline(study, run, folder, progress) if run.is_baseline else \
-            _finetune_and_evaluate(study, run, folder, data, progress)
-    except Exception as error:  # any failure of one run is recorded and the study goes on
-        write_json_atomic(folder / store.FAILED, {"id": run.id, "name": run.name, "values": run.values,
-                                                  "error": f"{type(error).__name__}: {error}",
-                                                  "traceback": traceback.format_exc()})
-        store.record_event(out, "failed", run, error=f"{type(error).__name__}: {error}")
-        (folder / store.RUNNING).unlink(missing_ok=True)
-        print(f"[study] run {run.name} ({run.id}) failed: {type(error).__name__}: {error}", flush=True)
-        return False
-    write_json_atomic(folder / store.RESULT, result)
-    (folder / store.FAILED).unlink(missing_ok=True)
-    (folder / store.RUNNING).unlink(missing_ok=True)
-    store.record_event(out, "done", run)
-    return True
+        store.record_event(out, "started", run)
+        _reset_peak_memory()
+        try:
+            result = _baseline(study, run, folder, progress) if run.is_baseline else \
+                _finetune_and_evaluate(study, run, folder, data, progress)
+        except Exception as error:  # any failure of one run is recorded and the study goes on
+            record_failure(out, run, f"{type(error).__name__}: {error}", traceback.format_exc())
+            return False
+        write_json_atomic(folder / store.RESULT, result)
+        (folder / store.FAILED).unlink(missing_ok=True)
+        store.record_event(out, "done", run)
+        return True
+    finally:
+        lease.release()
+
+
+def record_failure(out: Path, run: Run, error: str, details: str = "") -> None:
+    """failed.json in the run's folder and a `failed` event: the study goes on, the report lists it, and
+    `--retry-failed` runs it again."""
+    folder = store.run_folder(out, run)
+    write_json_atomic(folder / store.FAILED, {"id": run.id, "name": run.name, "values": run.values, "error": error,
+                                              "traceback": details})
+    store.record_event(out, "failed", run, error=error)
+    print(f"[study] run {run.name} ({run.id}) failed: {error}", flush=True)
 
 
 def _finetune_and_evaluate(study: StudySpec, run: Run, folder: Path, data: Path, progress: bool

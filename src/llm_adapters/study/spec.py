@@ -228,6 +228,7 @@ def build_study(values: dict[str, Any], source: str = "") -> StudySpec:
     for entry in exclude if isinstance(exclude, list) else [exclude]:
         if not isinstance(entry, dict) or not set(entry) <= all_axes:
             problems.append(f"exclude entry {entry!r}: a mapping of grid axes ({', '.join(sorted(all_axes))})")
+    problems += _resources_problems(values.get("resources") or {})
     baseline = values.get("baseline", True)
     if not isinstance(baseline, bool):
         problems.append(f"baseline must be true or false, got {baseline!r}")
@@ -244,6 +245,19 @@ def build_study(values: dict[str, Any], source: str = "") -> StudySpec:
         description=str(values.get("description", "")), source=source)
     expand(study)  # every grid point must be a valid run: reported now, not after hours of the others
     return study
+
+
+def _resources_problems(resources: Any) -> list[str]:
+    """What is wrong with a spec's `resources` (each run's Ray task): cpus > 0, gpus >= 0 (fractions share a GPU)."""
+    if not isinstance(resources, dict):
+        return [f"resources must be a mapping such as {{gpus: 1, cpus: 8}}, got {resources!r}"]
+    problems = [f"resources.{key}: unknown; accepted: cpus, gpus" for key in resources if key not in ("cpus", "gpus")]
+    for key, low in (("cpus", 0), ("gpus", 0)):
+        value = resources.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not math.isfinite(value) or value < low or (key == "cpus" and value == 0)):
+            problems.append(f"resources.{key} must be a number {'> 0' if key == 'cpus' else '>= 0'}, got {value!r}")
+    return problems
 
 
 def _power_problems(power: Any) -> list[str]:

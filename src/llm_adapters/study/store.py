@@ -17,6 +17,9 @@ import datetime as _dt
 import json
 import os
 import socket
+import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -107,22 +110,40 @@ def read_index(out: str | Path) -> list[dict[str, Any]]:
     return events
 
 
+# A running run holds a lease in its folder (`running.json`): who holds it and when it last renewed it. The holder
+# renews it every RENEW seconds (an atomic rewrite, `Lease`); any driver, on any host of a shared file system,
+# leaves a run whose lease is fresh alone and takes over one whose lease is older than STALE seconds (its holder
+# was killed, or its machine lost). Environment variables set both, for tests and for slow shared file systems.
+RENEW = float(os.environ.get("LLM_ADAPTERS_LEASE_RENEW", "30"))
+STALE = float(os.environ.get("LLM_ADAPTERS_LEASE_STALE", "600"))
+
+
 def status(folder: Path) -> str:
-    """done, failed, running (a live process on this machine holds it), interrupted or pending."""
+    """done, failed, running (its lease is fresh: renewed less than STALE seconds ago, on any host; on this host
+    its holder must also be alive), interrupted (a stale lease, or none) or pending."""
     if (folder / RESULT).exists():
         return "done"
     if (folder / FAILED).exists():
         return "failed"
-    marker = folder / RUNNING
-    if marker.exists():
-        try:
-            holder = json.loads(marker.read_text(encoding="utf-8"))
-        except ValueError:
-            return "interrupted"
-        if holder.get("host") == socket.gethostname() and _alive(int(holder.get("pid", -1))):
-            return "running"
-        return "interrupted"
+    holder = _read_lease(folder / RUNNING)
+    if holder is not None:
+        return "running" if _fresh(holder) else "interrupted"
     return "pending" if not folder.exists() else "interrupted"
+
+
+def _read_lease(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:  # torn (an earlier version wrote it in place): stale
+        return {}
+
+
+def _fresh(holder: dict[str, Any]) -> bool:
+    if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1))):
+        return False  # its process is gone: no need to wait for the lease to go stale
+    return time.time() - float(holder.get("renewed", 0)) < STALE
 
 
 def _alive(pid: int) -> bool:
@@ -137,8 +158,68 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def mark_running(folder: Path) -> None:
-    write_json_atomic(folder / RUNNING, {"host": socket.gethostname(), "pid": os.getpid()})
+class Lease:
+    """This process's hold on a run: `claim` it, and while held a thread renews it every RENEW seconds; `release`
+    removes it (after result.json or failed.json is written)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path, self.owner = folder / RUNNING, uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _record(self) -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "owner": self.owner, "renewed": time.time(),
+                "renew_seconds": RENEW, "stale_seconds": STALE}
+
+    def claim(self) -> bool:
+        """Take the run unless another holder's lease is fresh; True if this process now holds it. Two drivers
+        claiming at once: one wins (the lease is created exclusively; a stale one is moved away first, and only
+        one driver can move a given file)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = _read_lease(self.path)
+                if holder is None:
+                    continue  # released meanwhile: try again
+                if _fresh(holder):
+                    return False
+                stale = self.path.with_name(f".{RUNNING}.stale-{self.owner}")
+                try:
+                    os.rename(self.path, stale)
+                except FileNotFoundError:
+                    continue
+                moved = _read_lease(stale)
+                if moved is not None and moved != holder and _fresh(moved):
+                    os.rename(stale, self.path)  # another driver's fresh lease, written after our read: put back
+                    return False
+                stale.unlink(missing_ok=True)
+                continue
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                json.dump(self._record(), handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._thread = threading.Thread(target=self._renew, name=f"lease-{self.path.parent.name}",
+                                            daemon=True)
+            self._thread.start()
+            return True
+        return False
+
+    def _renew(self) -> None:
+        while not self._stop.wait(RENEW):
+            holder = _read_lease(self.path)
+            if holder is None or holder.get("owner") != self.owner:
+                return  # taken over (this process stalled past STALE): stop renewing another's lease
+            write_json_atomic(self.path, self._record())
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        holder = _read_lease(self.path)
+        if holder is not None and holder.get("owner") == self.owner:
+            self.path.unlink(missing_ok=True)
 
 
 def result_paths(out: str | Path) -> list[Path]:
