@@ -205,3 +205,26 @@ def test_finetune_overwrite_removes_its_own_files_and_keeps_foreign_ones_or_refu
     (run / "notes.txt").unlink()
     finetune(load_config(**{**settings, "learning_rate": 1e-2}, overwrite=True))
     assert set(_tree(run)) == written  # the same files, rewritten: nothing of ours left over, nothing else gone
+
+
+def test_a_study_runs_ids_follow_the_base_by_content_and_the_precision_asked_for(tmp_path: Path) -> None:
+    from llm_adapters.study import build_study, expand
+
+    model, tokenizer = load_model("tiny-llama")
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    shutil.copytree(tmp_path / "base", tmp_path / "copy")
+
+    def ids(base: str, **evaluate: Any) -> list[str]:
+        spec = {"name": "s", "base_model": base, "data": {"builder": "synthetic-arithmetic", "n": 8},
+                "finetune": {"max_steps": 1}, "evaluate": {"tasks": ["gsm8k"], "limit": 2, **evaluate},
+                "grid": {"method": ["lora"], "seed": [1]}}
+        return [run.id for run in expand(build_study(spec))]
+
+    first = ids(str(tmp_path / "base"))
+    assert ids(str(tmp_path / "copy")) == first  # the same model elsewhere
+    assert ids(str(tmp_path / "base"), dtype="bfloat16") != first  # another precision: other runs
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(tmp_path / "copy")
+    assert set(ids(str(tmp_path / "copy"))).isdisjoint(first)  # another model: other runs

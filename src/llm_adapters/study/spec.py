@@ -108,7 +108,7 @@ class StudySpec:
     def fixed(self) -> dict[str, Any]:
         """What every run shares and its id depends on: a study folder refuses a spec whose fixed part changed
         (growing the grid is allowed)."""
-        return {"base_model": self.base_model, "data": data_identity(self.data, self.source),
+        return {"base_model": _base(self.base_model), "data": data_identity(self.data, self.source),
                 "finetune": self.finetune, "evaluate": self.evaluate, "adapter": self.adapter,
                 "overrides": self.overrides}
 
@@ -310,16 +310,26 @@ def baseline_run(study: StudySpec) -> Run:
     evaluate = dict(study.evaluate)
     template_default = next(f.default for f in dataclasses.fields(FinetuneConfig) if f.name == "template")
     evaluate.setdefault("template", study.finetune.get("template", template_default))
-    identity = {"baseline": True, "evaluate": _eval_identity(evaluate), "base_model": study.base_model}
+    identity = {"baseline": True, "evaluate": _eval_identity(evaluate), "base_model": _base(study.base_model)}
     run_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:ID_LENGTH]
     return Run(run_id, "base", {}, None, {}, evaluate)
 
 
 def _eval_identity(evaluate: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation settings a run's results depend on, the precision asked for among them (its resolved value
+    is in each evaluation folder's identity, which refuses a mix)."""
     from llm_adapters.eval.config import EvalConfig
 
     settings = configs.build(EvalConfig, evaluate, label="study evaluate").to_dict()
-    return {k: settings[k] for k in ("tasks", "limit", "template", "protocol", "scoring", "rules", "max_new_tokens")}
+    return {k: settings[k] for k in ("tasks", "limit", "template", "protocol", "scoring", "rules", "max_new_tokens",
+                                     "loglik_split", "dtype", "device")}
+
+
+def _base(name_or_path: str) -> dict[str, Any]:
+    """The base model by content (`models.base_identity`): a run's id does not change when its base folder moves."""
+    from llm_adapters.models import base_identity
+
+    return base_identity(name_or_path)
 
 
 def expand(study: StudySpec) -> list[Run]:
@@ -364,7 +374,7 @@ def expand(study: StudySpec) -> list[Run]:
             # The data is not in the id: it is the same for every run of a study, and a study folder refuses
             # other data by content (`fixed`), so a spec whose data file is not here yet still plans.
             identity = {"finetune": settings, "adapter": _spec_identity(spec), "evaluate": eval_identity,
-                        "base_model": study.base_model}
+                        "base_model": _base(study.base_model)}
             text = json.dumps(identity, sort_keys=True, default=str)
             run_id = hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
             runs.setdefault(run_id, Run(run_id, name, values, spec, finetune, dict(study.evaluate)))
