@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/train_throughput.py --data synthetic --rounds 2 --no-memory   # a quick look
 
 Both train the embedded SmolLM2-135M with the paper's LoRA (r 32, alpha 64, dropout 0.05 on q/k/v/up/down),
-global batch 16, micro-batch 4, fp32, AdamW, on the same records in the original training template, in one
+global batch 16, micro-batch 4, AdamW, fp32 (and (a16): bf16 where the CPU has bf16 units), on the same records in the original training template, in one
 process. `--data` picks the records: `commonsense` (the Commonsense170K recipe of `data build commonsense`, up to
 100 per task, shuffled: short prompts, a label as the response), `math` (`data build math`: GSM8K, MAWPS, AQuA
 rationales, lengths vary most) or `synthetic` (the demo's word problems: uniform lengths, the least padding).
@@ -54,11 +54,12 @@ from llm_adapters.train import load_config  # noqa: E402
 from llm_adapters.train.batches import encode_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINES = {"a": "ours", "a'": "ours, loss on all tokens", "b": "original recipe"}
+PIPELINES = {"a": "ours", "a'": "ours, loss on all tokens", "b": "original recipe",
+             "a16": "ours, precision bf16 (the CPU's bf16 units)"}
 
 
-def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_flops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     start = time.perf_counter()
     for _ in range(repeats):
@@ -67,24 +68,29 @@ def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
 
 
 class Ours:
-    """Pipeline (a) or (a'): the pieces `finetune` uses, on a subset of records at a time."""
+    """Pipeline (a), (a') or (a16): the pieces `finetune` uses, on a subset of records at a time; bf16 as
+    `finetune` runs it (the base in bf16, the adapter's fp32 master weights, autocast, the loss in fp32)."""
 
-    def __init__(self, train_on_inputs: bool, workdir: Path, batching: str):
+    def __init__(self, train_on_inputs: bool, workdir: Path, batching: str, precision: str = "fp32"):
         self.config = load_config(base_model=EMBEDDED, adapter="paper-lora", data="unused", template="original",
                                   output_dir=str(workdir), num_epochs=1, batch_size=16, micro_batch_size=4,
-                                  warmup_steps=0, batching=batching,
+                                  warmup_steps=0, batching=batching, precision=precision,
                                   train_on_inputs=train_on_inputs, save_steps=10_000, logging_steps=1000)
-        model, self.tokenizer = load_model(EMBEDDED)
+        self.precision = precision
+        model, self.tokenizer = load_model(EMBEDDED, dtype="bfloat16" if precision == "bf16" else "float32")
         model.config.use_cache = False
         torch.manual_seed(0)
         self.model = attach(model, "paper-lora")
+        for parameter in self.model.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()  # fp32 master weights, as finetune keeps them
         self.kept_fraction = []  # share of tokens whose logits were computed
 
     def train(self, records: list[dict]) -> tuple[int, float]:
         examples, stats = encode_records(records, self.tokenizer, template="original", cutoff_len=256,
                                          train_on_inputs=self.config.train_on_inputs)
         trainer = make_trainer(self.config, self.model, self.tokenizer, examples, [],
-                               Path(self.config.output_dir) / "checkpoints", accumulation=4)
+                               Path(self.config.output_dir) / "checkpoints", accumulation=4, precision=self.precision)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -133,7 +139,9 @@ class Original:
 
 
 def make_pipeline(name: str, workdir: Path, batching: str):
-    return Original(workdir / "b") if name == "b" else Ours(name == "a'", workdir / name, batching)
+    if name == "b":
+        return Original(workdir / "b")
+    return Ours(name == "a'", workdir / name, batching, precision="bf16" if name == "a16" else "fp32")
 
 
 def records_for(data: str, n: int, data_dir: str) -> list[dict]:
@@ -176,6 +184,7 @@ def main() -> None:
     parser.add_argument("--examples-per-round", type=int, default=64,
                         help="records per pipeline per round, a multiple of 16 (default: 64)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
+    parser.add_argument("--no-bf16", action="store_true", help="leave out (a16), bf16 on a CPU with bf16 units")
     parser.add_argument("--memory-child", choices=sorted(PIPELINES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="train-throughput-"))
@@ -187,10 +196,13 @@ def main() -> None:
         return
 
     records = records_for(args.data, args.rounds * args.examples_per_round, args.data_dir)
-    pipelines = {name: make_pipeline(name, workdir, args.batching) for name in ("b", "a", "a'")}
+    from llm_adapters.models import cpu_has_native_bf16
+
+    names = ("b", "a", "a'", "a16") if cpu_has_native_bf16() and not args.no_bf16 else ("b", "a", "a'")
+    pipelines = {name: make_pipeline(name, workdir, args.batching) for name in names}
     totals = {name: [0, 0.0] for name in pipelines}
     per_round: dict[str, list[float]] = {name: [] for name in pipelines}  # tokens/s
-    flops = [matmul_flops()]
+    flops, flops16 = [matmul_flops()], [matmul_flops(dtype=torch.bfloat16)]
     for round_ in range(args.rounds):
         subset = records[round_ * args.examples_per_round:(round_ + 1) * args.examples_per_round]
         order = list(pipelines) if round_ % 2 == 0 else list(reversed(pipelines))
@@ -202,6 +214,7 @@ def main() -> None:
             print(f"round {round_ + 1} ({name}): {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tok/s",
                   flush=True)
         flops.append(matmul_flops())
+        flops16.append(matmul_flops(dtype=torch.bfloat16))
 
     speed = {name: tokens / seconds for name, (tokens, seconds) in totals.items()}
     ours = pipelines["a"]
@@ -216,14 +229,21 @@ def main() -> None:
     print(f"\n--data {args.data}, --batching {args.batching}: {args.rounds} rounds x {args.examples_per_round} "
           f"records, global batch 16, micro-batch 4, fp32, "
           f"{torch.get_num_threads()} threads")
-    print("| pipeline | real tokens | seconds | tokens/s | vs (b) |")
-    print("|---|---|---|---|---|")
-    for name in ("b", "a", "a'"):
+    print("| pipeline | real tokens | seconds | tokens/s | vs (b) | vs (a) |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
         tokens, seconds = totals[name]
         print(f"| ({name}) {PIPELINES[name]} | {tokens} | {seconds:.1f} | {speed[name]:.1f} | "
-              f"{speed[name] / speed['b']:.2f}x |")
+              f"{speed[name] / speed['b']:.2f}x | {speed[name] / speed['a']:.2f}x |")
     median_ratio = {name: statistics.median(x / y for x, y in zip(per_round[name], per_round["b"]))
-                    for name in ("a", "a'")}
+                    for name in names if name != "b"}
+    if "a16" in names:
+        over_fp32 = statistics.median(x / y for x, y in zip(per_round["a16"], per_round["a"]))
+        print(f"\nbf16 (a16): {speed['a16'] / speed['a']:.2f}x ours in fp32 over the totals, {over_fp32:.2f} as the "
+              f"median of the rounds (target >= 1.7); {speed['a16'] / speed['b']:.2f}x the original recipe "
+              f"({median_ratio['a16']:.2f} median; target >= 2.5); bf16 matmul 2048^2: median "
+              f"{statistics.median(flops16) / 1e9:.1f} GFLOP/s (min {min(flops16) / 1e9:.1f}, max "
+              f"{max(flops16) / 1e9:.1f})")
     inputs_variant = median_ratio["a'"]
     print(f"\nratio (a)/(b): {speed['a'] / speed['b']:.2f} over the totals, {median_ratio['a']:.2f} as the median "
           f"of the rounds (a'/b: {inputs_variant:.2f}); target >= 1.5")
@@ -239,7 +259,7 @@ def main() -> None:
                   f"{peak_rss_child(name, args.examples_per_round, args.data, args.data_dir, args.batching):.2f} GiB",
                   flush=True)
     print(json.dumps({"tokens_per_s": speed, "ratio_a_b": speed["a"] / speed["b"], "median_ratio": median_ratio,
-                      "matmul_gflops": machine / 1e9}))
+                      "matmul_gflops": machine / 1e9, "matmul_bf16_gflops": statistics.median(flops16) / 1e9}))
 
 
 if __name__ == "__main__":

@@ -502,3 +502,66 @@ def test_plots_draw_the_95_percent_intervals_and_the_base_model_as_a_labelled_li
     scatter = figures[1].axes[0]
     assert {text.get_text() for text in scatter.get_legend().get_texts()} >= {"lora", "placement attn",
                                                                              "placement mlp"}
+
+
+# --- pre-registered hypotheses: confirmatory, Holm over them alone -------------------------------------------
+
+def test_hypotheses_are_confirmatory_and_holm_adjusted_over_themselves_alone(study):
+    records = load_study_records(study)
+    summary = reports.table(records)
+    hypotheses = {"hand": [
+        {"name": "H1", "better": {"method": "lora", "placement": "attn"}, "worse": "base model"},
+        {"name": "H2", "better": {"method": "series"}, "worse": {"method": "lora", "placement": "attn"},
+         "scope": "gsm8k"},
+        {"name": "H3", "better": {"method": "lora", "placement": "mlp"}, "worse": {"method": "series"}}]}
+    found = reports.comparisons(records, summary, hypotheses)
+    confirmatory, exploratory = found[:3], found[3:]
+    assert [c["hypothesis"] for c in confirmatory] == ["H1", "H2", "H3"]
+    # by hand (definition 3), the hypotheses' own p-values, then Holm over these three alone
+    la = {"gsm8k": [bits(15, GSM), bits(17, GSM, 2)], "svamp": [bits(9, SVAMP), bits(11, SVAMP, 1)]}
+    lm = {"gsm8k": [bits(10, GSM, 4), bits(12, GSM)], "svamp": [bits(8, SVAMP), bits(8, SVAMP, 3)]}
+    se = {"gsm8k": [bits(11, GSM, 7), bits(13, GSM, 1)], "svamp": [bits(9, SVAMP, 2), bits(7, SVAMP, 5)]}
+    base = {"gsm8k": [bits(3, GSM)], "svamp": [bits(2, SVAMP)]}
+    expected = [expected_difference(la, base), expected_difference({"gsm8k": se["gsm8k"]}, {"gsm8k": la["gsm8k"]}),
+                expected_difference(lm, se)]
+    for c, e in zip(confirmatory, expected):
+        assert (c["difference"], c["se"], c["p"]) == pytest.approx((e["difference"], e["se"], e["p"]), rel=1e-6)
+    p = [e["p"] for e in expected]
+    order = sorted(range(3), key=lambda i: p[i])
+    holm, running = [0.0] * 3, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, p[i] * (3 - rank)))
+        holm[i] = running
+    assert [c["p_holm"] for c in confirmatory] == pytest.approx(holm, rel=1e-9)
+    assert confirmatory[0]["verdict"] == "a beats b" and reports.hypothesis_outcome(confirmatory[0]) == "held"
+    assert confirmatory[1]["difference"] < 0  # Series below LoRA attn on GSM8K, as predicted the other way round
+    outcomes = {reports.hypothesis_outcome(c) for c in confirmatory[1:]}
+    assert outcomes <= {"not decided", "contradicted"}
+    # the rest are exploratory and adjusted among themselves, as without hypotheses
+    plain = reports.comparisons(records, summary)
+    assert [c["p_holm"] for c in exploratory] == pytest.approx([c["p_holm"] for c in plain])
+    assert all(c["exploratory"] for c in exploratory)
+    assert "Exploratory: not a pre-registered hypothesis." in reports.sentence(
+        next(c for c in exploratory if not c["chosen"]))
+    assert reports.sentence(confirmatory[0]).startswith(
+        "H1 (pre-registered: method=lora,placement=attn better than base model, average): held. ")
+
+
+def test_hypotheses_in_a_spec_must_pick_one_configuration_each():
+    spec = {"name": "s", "base_model": "tiny-llama", "data": {"builder": "synthetic-arithmetic", "n": 8},
+            "finetune": {"max_steps": 1}, "evaluate": {"tasks": ["gsm8k", "boolq"], "limit": 2},
+            "grid": {"method": ["lora", "series"], "placement": ["attn", "mlp"], "seed": [1]}}
+    good = build_study({**spec, "hypotheses": [{"better": {"method": "lora", "placement": "mlp"},
+                                                 "worse": "base model", "scope": "boolq"}]})
+    assert good.hypotheses and all(len(run.id) for run in expand(good))
+    assert [r.id for r in expand(good)] == [r.id for r in expand(build_study(spec))]  # no run id changes
+    for hypotheses, message in (
+            ([{"better": {"method": "lora"}, "worse": "base model"}], r"hypotheses\[1\]\.better \{'method': 'lora'\} "
+                                                                       r"does not pick exactly one configuration"),
+            ([{"better": {"method": "lora", "placement": "mlp"}}], r"hypotheses\[1\]\.worse is required"),
+            ([{"better": {"method": "lora", "placement": "mlp"}, "worse": "base model", "scope": "piqa"}],
+             r"hypotheses\[1\]\.scope 'piqa' is not 'average' or one of the study's tasks"),
+            ([{"better": "base model", "worse": {"method": "series", "placement": "attn"}, "why": 1}],
+             r"hypotheses\[1\]\.why: unknown")):
+        with pytest.raises(ValueError, match=message):
+            build_study({**spec, "hypotheses": hypotheses})

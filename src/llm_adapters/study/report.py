@@ -28,6 +28,11 @@ x[q, s] in {0, 1}. The unit of independence is the question; seeds add training 
    method's best on the same data. With no question in common: one sentence that there is nothing to compare.
 4. The comparisons: each method's best configuration (highest average) against the base model, within each
    method its best against each other configuration, and the methods' best against each other.
+5. Pre-registered hypotheses (the spec's `hypotheses`): each contrast the study was run to test (better vs worse
+   as the paper predicts, on the average or one task) is computed as in 3 and Holm-adjusted over the hypotheses
+   alone (confirmatory); it held where the adjusted p < 0.05 and the difference has the predicted sign, was
+   contradicted where the adjusted p < 0.05 and the sign is the other, and is not decided otherwise. Every other
+   comparison is then exploratory (Holm over those).
 
 Outputs: report.md, report.html (one self-contained file: the table, the plots inlined, a per-question
 disagreement browser), table.csv (configuration, column, mean, sd, ci95_low, ci95_high, n_seeds, n_questions,
@@ -148,25 +153,80 @@ def _pairs(summary: dict[str, Any]) -> list[tuple[str, str, str, str | None]]:
     return pairs
 
 
-def comparisons(records: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The report's paired comparisons (definition 3), Holm-adjusted together, each with its verdict."""
+def comparisons(records: list[dict[str, Any]], summary: dict[str, Any],
+                hypotheses: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """The report's paired comparisons (definition 3), each with its verdict: the pre-registered hypotheses
+    (`hypotheses`: study name -> its spec's list) first, Holm-adjusted among themselves (definition 5), then the
+    others, Holm-adjusted together (exploratory wherever there are hypotheses)."""
     outcomes = outcomes_by_configuration(records)
     rows = summary["rows"]
+    confirmatory = _confirmatory(outcomes, rows, hypotheses or {})
     found = []
     for a, b, scope, chosen in _pairs(summary):
         numbers = statistics.paired_difference(outcomes[a], outcomes[b])
-        found.append({"a": a, "b": b, "scope": scope, "exploratory": chosen is not None, "chosen": chosen,
-                      "method_of_chosen": rows[chosen]["method"] if chosen else None,
+        found.append({"a": a, "b": b, "scope": scope, "exploratory": chosen is not None or bool(confirmatory),
+                      "chosen": chosen, "method_of_chosen": rows[chosen]["method"] if chosen else None,
                       "one_seed": [k for k in (a, b) if not rows[k]["baseline"] and rows[k]["runs"] < 2],
                       **numbers})
-    tested = [c for c in found if c["p"] is not None]
+    for group in (confirmatory, found):
+        _adjust(group)
+    return confirmatory + found
+
+
+def _adjust(group: list[dict[str, Any]]) -> None:
+    """Holm over the comparisons of `group` that have a p-value, then each one's verdict."""
+    tested = [c for c in group if c["p"] is not None]
     for c, adjusted in zip(tested, statistics.holm([c["p"] for c in tested])):
         c["p_holm"] = adjusted
-    for c in found:
+    for c in group:
         c.setdefault("p_holm", None)
         c["verdict"] = ("nothing to compare" if c["p"] is None else "inside the noise"
                         if c["p_holm"] >= statistics.ALPHA else "a beats b" if c["difference"] > 0 else "b beats a")
+
+
+def _confirmatory(outcomes: dict[str, dict[str, list[dict[int, bool]]]], rows: dict[str, dict[str, Any]],
+                  hypotheses: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Definition 5's contrasts: a = the configuration predicted better, b = the one predicted worse."""
+    several = len({row["study"] for row in rows.values()}) > 1
+    found = []
+    for study, entries in hypotheses.items():
+        for number, entry in enumerate(entries, start=1):
+            name = entry.get("name") or f"H{number}"
+            column = entry.get("scope", AVERAGE)
+            a, b = (_pick(entry[side], rows, study) for side in ("better", "worse"))
+            label = f"{a or entry['better']} vs {b or entry['worse']}"
+            if a is None or b is None:
+                numbers = statistics.paired_difference({}, {})
+            else:
+                sides = [outcomes[k] if column == AVERAGE else {column: outcomes[k].get(column, [])} for k in (a, b)]
+                numbers = statistics.paired_difference(*[{t: s for t, s in side.items() if s} for side in sides])
+            found.append({"a": a or str(entry["better"]), "b": b or str(entry["worse"]),
+                          "scope": f"{study + ': ' if several else ''}confirmatory {name} ({column})",
+                          "hypothesis": name, "column": column, "source": entry.get("source"), "label": label,
+                          "exploratory": False, "chosen": None, "method_of_chosen": None,
+                          "one_seed": [k for k in (a, b) if k and not rows[k]["baseline"] and rows[k]["runs"] < 2],
+                          **numbers})
     return found
+
+
+def _pick(selector: Any, rows: dict[str, dict[str, Any]], study: str) -> str | None:
+    """The row a hypothesis names (`spec.hypothesis_configuration`, on the report's rows)."""
+    from llm_adapters.study.spec import BASELINE, _same_value
+
+    mine = {k: r for k, r in rows.items() if r["study"] == study}
+    if selector in (BASELINE, "base"):
+        return next((k for k, r in mine.items() if r["baseline"]), None)
+    if not isinstance(selector, dict):
+        return None
+    keys = [k for k, r in mine.items() if not r["baseline"]
+            and all(_same_value(r["values"].get(axis), value) for axis, value in selector.items())]
+    return keys[0] if len(keys) == 1 else None
+
+
+def hypothesis_outcome(c: dict[str, Any]) -> str:
+    """held, contradicted, not decided, or not tested (a configuration has no finished run)."""
+    return {"a beats b": "held", "b beats a": "contradicted", "inside the noise": "not decided"}.get(
+        c["verdict"], "not tested")
 
 
 # ------------------------------------------------------------------------------------------------ words
@@ -204,9 +264,14 @@ def sentence(c: dict[str, Any]) -> str:
                 f"{c['n_questions']} questions, {better} is higher on {ours} and {worse} on {theirs}).")
     if c["one_seed"]:
         text += f" Training noise not measured ({', '.join(c['one_seed'])}: one seed)."
-    if c["exploratory"]:
+    if c.get("hypothesis"):
+        text = (f"{c['hypothesis']} (pre-registered: {c['a']} better than {c['b']}, {c['column']}): "
+                f"{hypothesis_outcome(c)}. " + text)
+    elif c["chosen"]:
         text += (f" Exploratory: {c['chosen']} was chosen as {c['method_of_chosen']}'s best on these same "
                  "data.")
+    elif c["exploratory"]:
+        text += " Exploratory: not a pre-registered hypothesis."
     return text
 
 
@@ -273,7 +338,12 @@ def markdown(title: str, summary: dict[str, Any], found: list[dict[str, Any]], c
              plots: list[Path]) -> str:
     runs = len({r["run_id"] for r in contents.records})
     lines = [f"# {title}", "", f"{runs} run(s) finished, {len(contents.failed)} failed.", ""]
-    lines += _markdown_table(*table_view(summary)) + ["", TABLE_NOTE, "", "## Comparisons", "", COMPARISON_NOTE, ""]
+    lines += _markdown_table(*table_view(summary)) + ["", TABLE_NOTE, ""]
+    confirmatory = [c for c in found if c.get("hypothesis")]
+    if confirmatory:
+        lines += ["## Pre-registered hypotheses", "", HYPOTHESES_NOTE, ""]
+        lines += _markdown_table(*hypotheses_view(confirmatory)) + [""]
+    lines += ["## Comparisons", "", COMPARISON_NOTE, ""]
     if found:
         lines += _markdown_table(*comparison_view(found)) + [""] + [f"- {c['scope']}: {sentence(c)}" for c in found]
     else:
@@ -285,6 +355,28 @@ def markdown(title: str, summary: dict[str, Any], found: list[dict[str, Any]], c
 
 
 # ------------------------------------------------------------------------------------------------ files
+
+HYPOTHESES_NOTE = ("The contrasts written into the spec before the study ran, as the paper predicts them (A better "
+                   "than B). Difference: A - B in accuracy points, with its 95 % interval (D ± 1.96 SE, definition "
+                   "3); Holm p: adjusted over these hypotheses alone. Held: Holm p < 0.05 in the predicted "
+                   "direction; contradicted: Holm p < 0.05 in the other; not decided: inside the noise.")
+
+
+def hypotheses_view(found: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The confirmatory contrasts at a readable precision: (header, rows of text)."""
+    header = ["hypothesis", "predicted: A better than B", "column", "difference (points)", "95 % interval", "p",
+              "Holm p", "outcome"]
+    lines = []
+    for c in found:
+        if c["p"] is None:
+            lines.append([c["hypothesis"], f"{c['a']} > {c['b']}", c["column"], "–", "–", "–", "–", "not tested"])
+            continue
+        half = statistics.Z95 * c["se"]
+        lines.append([c["hypothesis"], f"{c['a']} > {c['b']}", c["column"], f"{100 * c['difference']:+.1f}",
+                      f"[{100 * (c['difference'] - half):+.1f}, {100 * (c['difference'] + half):+.1f}]",
+                      _p(c["p"]), _p(c["p_holm"]), hypothesis_outcome(c)])
+    return header, lines
+
 
 def table_csv(summary: dict[str, Any]) -> str:
     """table.csv: one line per configuration x column, full precision (`sd` empty for one seed)."""
@@ -335,7 +427,8 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> di
         return {"markdown": text, "folder": str(out), "plots": []}
     in_distribution = [t for spec in contents.specs.values() for t in spec.get("in_distribution", [])]
     summary = table(contents.records, in_distribution)
-    found = comparisons(contents.records, summary)
+    hypotheses = {name: spec.get("hypotheses") or [] for name, spec in contents.specs.items()}
+    found = comparisons(contents.records, summary, {k: v for k, v in hypotheses.items() if v})
     title = " + ".join(contents.specs)
     plots = study_figures(summary, out)
     text = markdown(title, summary, found, contents, plots)

@@ -15,6 +15,9 @@
     in_distribution: [gsm8k]           # optional: the tasks that are in-distribution (RQ3 plots)
     baseline: true                     # optional (default true): also evaluate the base model alone, once
     power: {accuracy: 0.5, seed_sd: 0.02, correlation: 0.5}   # optional: `study plan`'s assumptions (below)
+    hypotheses:                        # optional: the pre-registered contrasts, tested as confirmatory (below)
+      - {name: H1, better: {method: lora}, worse: {method: prefix}}            # on the average column
+      - {name: H2, better: {method: lora}, worse: base model, scope: boolq}   # on one task
 
 A run's adapter spec is `adapter`, then the method's `overrides`, then the grid's spec values; its fine-tuning
 settings are `finetune`, then the grid's finetune values. Its id hashes what decides its results within the
@@ -30,6 +33,12 @@ stored and resumed like any run (`base-<id>`), and the report shows it as the fi
 minimum_detectable_difference`): `accuracy` (a number, or a mapping task -> number; default 0.5, where the
 question noise is largest), `seed_sd` (the standard deviation of a configuration's accuracy over training seeds,
 default 0.02) and `correlation` (of two configurations' per-question outcomes, default 0.5).
+
+`hypotheses` are the contrasts a study is run to test, written before it runs: each names the configuration the
+paper predicts `better` and the one it predicts `worse` (grid values that pick exactly one configuration, or
+`base model`), optionally a `scope` (a task; default the average column), a `name` and a `source` (where the
+prediction comes from). The report tests them as confirmatory, Holm-adjusted over them alone, and every other
+comparison as exploratory. They enter no run id: they are about the report, not the runs.
 """
 from __future__ import annotations
 
@@ -47,7 +56,7 @@ from llm_adapters import config as configs
 from llm_adapters.errors import UserError
 
 KEYS = ("name", "description", "base_model", "data", "finetune", "evaluate", "adapter", "grid", "overrides",
-        "exclude", "in_distribution", "resources", "baseline", "power")
+        "exclude", "in_distribution", "resources", "baseline", "power", "hypotheses")
 # `study plan`'s assumptions for the minimum detectable differences (the module docstring says what each means).
 POWER_DEFAULTS = {"accuracy": 0.5, "seed_sd": 0.02, "correlation": 0.5}
 # Set by the study for every run: not for `finetune` / `evaluate` sections or grid axes.
@@ -102,6 +111,7 @@ class StudySpec:
     resources: dict[str, Any] = field(default_factory=dict)
     baseline: bool = True
     power: dict[str, Any] = field(default_factory=dict)  # plan's assumptions, over POWER_DEFAULTS
+    hypotheses: tuple[dict[str, Any], ...] = ()  # pre-registered contrasts: the report's confirmatory tests
     description: str = ""
     source: str = ""  # the file it was read from
 
@@ -242,9 +252,68 @@ def build_study(values: dict[str, Any], source: str = "") -> StudySpec:
         adapter=dict(values.get("adapter") or {}), overrides={k: dict(v) for k, v in overrides.items()},
         exclude=tuple(exclude), in_distribution=tuple(values.get("in_distribution") or ()),
         resources=dict(values.get("resources") or {}), baseline=baseline, power=dict(values.get("power") or {}),
-        description=str(values.get("description", "")), source=source)
-    expand(study)  # every grid point must be a valid run: reported now, not after hours of the others
+        hypotheses=tuple(values.get("hypotheses") or ()), description=str(values.get("description", "")),
+        source=source)
+    runs = expand(study)  # every grid point must be a valid run: reported now, not after hours of the others
+    problems = _hypotheses_problems(study, runs)
+    if problems:
+        raise UserError(f"invalid study spec: {where}" + "; ".join(problems))
     return study
+
+
+HYPOTHESIS_KEYS = ("name", "better", "worse", "scope", "source")
+
+
+def hypothesis_configuration(selector: Any, runs: list["Run"]) -> str | None:
+    """The configuration key a hypothesis' `better` or `worse` picks: `base model`, or the one configuration
+    whose grid values include the selector's; None if none or several do."""
+    if selector in (BASELINE, "base"):
+        return BASELINE if any(run.is_baseline for run in runs) else None
+    if not isinstance(selector, dict):
+        return None
+    keys = {configuration_key(run.values) for run in runs if not run.is_baseline
+            and all(_same_value(run.values.get(axis), value) for axis, value in selector.items())}
+    return keys.pop() if len(keys) == 1 else None
+
+
+def _same_value(have: Any, want: Any) -> bool:
+    if isinstance(have, (int, float)) and isinstance(want, (int, float)) and not isinstance(want, bool):
+        return math.isclose(have, want, rel_tol=1e-12)
+    return have == want or (isinstance(have, (list, tuple)) and list(have) == want)
+
+
+def _hypotheses_problems(study: StudySpec, runs: list["Run"]) -> list[str]:
+    tasks = set(configs.build(_eval_config_class(), study.evaluate, label="study evaluate").tasks)
+    problems = []
+    for number, entry in enumerate(study.hypotheses, start=1):
+        where = f"hypotheses[{number}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where} must be a mapping of {', '.join(HYPOTHESIS_KEYS)}, got {entry!r}")
+            continue
+        problems += [f"{where}.{key}: unknown; accepted: {', '.join(HYPOTHESIS_KEYS)}" for key in entry
+                     if key not in HYPOTHESIS_KEYS]
+        for side in ("better", "worse"):
+            if side not in entry:
+                problems.append(f"{where}.{side} is required (grid values, or 'base model')")
+            elif hypothesis_configuration(entry[side], runs) is None:
+                problems.append(f"{where}.{side} {entry[side]!r} does not pick exactly one configuration of the "
+                                "grid (give more grid values), or names the base model with baseline: false")
+        scope = entry.get("scope", "average")
+        if scope != "average" and scope not in _task_names(tasks):
+            problems.append(f"{where}.scope {scope!r} is not 'average' or one of the study's tasks")
+    return problems
+
+
+def _eval_config_class() -> type:
+    from llm_adapters.eval.config import EvalConfig
+
+    return EvalConfig
+
+
+def _task_names(tasks: set[str]) -> set[str]:
+    from llm_adapters.data.tasks import resolve_tasks
+
+    return {task.name for task in resolve_tasks(sorted(tasks))}
 
 
 def _resources_problems(resources: Any) -> list[str]:

@@ -69,7 +69,8 @@ def _spec_as_data(study: StudySpec) -> dict[str, Any]:
                                   "finetune": study.finetune, "evaluate": study.evaluate, "adapter": study.adapter,
                                   "grid": [dict(p) for p in study.grid], "overrides": study.overrides,
                                   "exclude": list(study.exclude), "in_distribution": list(study.in_distribution),
-                                  "resources": study.resources}, default=list))
+                                  "resources": study.resources, "baseline": study.baseline,
+                                  "power": study.power, "hypotheses": list(study.hypotheses)}, default=list))
 
 
 def saved_study(out: str | Path) -> StudySpec:
