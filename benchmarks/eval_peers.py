@@ -21,11 +21,16 @@ Generation (first N GSM8K + N BoolQ questions, original template, greedy, 256 / 
   (b) batched `model.generate`: prompts sorted by length, batch 32, left padding, attention mask, KV cache,
       each row to its EOS or the budget (what a careful user writes);
   (c) lm-eval 0.4.x `generate_until` through a local custom task (`lm_eval_peer.py`), batch 32.
+  Where the CPU has bf16 units (`--no-bf16` leaves them out): ours bf16 (`evaluate --dtype bfloat16`: bf16
+  products, fp32 activations) and batched `generate` on the model in bf16 throughout (the peers' bf16).
   `--no-ablations` runs (a), (b) and (c) only: more rounds in the same time, against the machine's noise.
 Log-likelihood (first M BoolQ + M ARC-Easy questions, each label's trained response as a continuation):
   (a) ours: `continuation_logliks` (each context once with its labels' shared tokens, the rest from its cache);
   (b) the plain computation: one sequence per (question, label), the reference the values must match to 1e-4;
-  (c) lm-eval `multiple_choice` on the same prompts and continuations.
+  (c) lm-eval `multiple_choice` on the same prompts and continuations;
+  (d) grouped: one right-padded pass per question over its context and its labels' shared tokens, written with
+      plain transformers (lm-eval's grouping without its per-request overhead), fp32 and, on the model in bf16,
+      bf16; ours bf16; and ours with `--loglik-split whole` (lm-eval's tokenisation: its choices).
 The systems run in turn, round after round (a b c a b c), so that load on the machine falls on all of them;
 ratios are of the sums over rounds. Answers are compared through the default extraction rules (generation)
 or the chosen label (log-likelihood). The useful work of a run is 2 x (non-embedding parameters) per token
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -55,15 +61,16 @@ from llm_adapters.eval.extract import extract_answer
 from llm_adapters.eval import forward as forward_module, stream as stream_module
 from llm_adapters.eval.decoding import DecodeConfig, plan_batches
 from llm_adapters.eval.loglik import _plain_logliks, continuation_logliks
+from llm_adapters.eval.packed import bf16_products
 from llm_adapters.eval.stream import generate_stream
-from llm_adapters.models import load_model
+from llm_adapters.models import cpu_has_native_bf16, load_model
 
 HERE = Path(__file__).resolve().parent
 
 
-def matmul_rate() -> float:
-    """GFLOP/s of a 2048x2048 fp32 matmul on this machine now."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def matmul_rate(dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a 2048x2048 matmul (fp32, or bf16 on the CPU's bf16 units) on this machine now."""
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     for _ in range(3):
         a @ b
     start = time.perf_counter()
@@ -155,12 +162,13 @@ def ours_generate(model: Any, tokenizer: Any, task: Task, prompts: list[str], ba
 
 
 def ours_round(model: Any, tokenizer: Any, tasks: dict[str, list[str]], batch_size: int, draft_tokens: int = 8,
-               ablation: str | None = None) -> dict:
-    """The tasks as one `evaluate` call runs them: the Linear layers packed once for all of them, that time
-    counted as the round's "packing" (`generate_stream` alone packs them per call)."""
+               ablation: str | None = None, bf16: bool = False) -> dict:
+    """The tasks as one `evaluate` call runs them: the Linear layers packed once for all of them (bf16: packed
+    in bf16, as `evaluate --dtype bfloat16` on a CPU with bf16 units), that time counted as the round's "packing"
+    (`generate_stream` alone packs them per call)."""
     with ABLATIONS[ablation]() if ablation else contextlib.nullcontext():
         start = time.perf_counter()
-        with stream_module.packed_linears(model):
+        with bf16_products(model) if bf16 else stream_module.packed_linears(model):
             packing = time.perf_counter() - start
             results = {t: ours_generate(model, tokenizer, TASKS[t], p, batch_size, draft_tokens)
                        for t, p in tasks.items()}
@@ -194,9 +202,49 @@ def lm_eval_run(python: str, request: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------- log-likelihood
 
-def ours_loglik(model: Any, tokenizer: Any, pairs: list[tuple[str, str]]) -> dict:
+def ours_loglik(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], bf16: bool = False,
+                split: str = "apart") -> dict:
+    with bf16_products(model) if bf16 else contextlib.nullcontext():
+        start = time.perf_counter()
+        scores = continuation_logliks(model, tokenizer, pairs, batch_size=8, split=split)  # evaluate's setting
+        return {"seconds": time.perf_counter() - start, "scores": scores}
+
+
+@torch.no_grad()
+def grouped_loglik(model: Any, tokenizer: Any, pairs: list[tuple[str, str]]) -> dict:
+    """The one-pass-per-question peer a careful user writes with plain transformers (lm-eval's `group_by
+    contexts` idea): a question's labels share its context and all but their last continuation token, so one
+    right-padded forward over context + shared tokens scores them all (8 questions a pass, no shared header, no
+    cache reuse); labels that differ earlier run one sequence each."""
+    encoded = [encode_pair(tokenizer, context, continuation, "original") for context, continuation in pairs]
     start = time.perf_counter()
-    scores = continuation_logliks(model, tokenizer, pairs, batch_size=8)  # evaluate's setting
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, _) in enumerate(encoded):
+        groups.setdefault(tuple(context), []).append(index)
+    scores = [0.0] * len(encoded)
+    one_pass, alone = [], []
+    for context, members in groups.items():
+        continuations = [encoded[i][1] for i in members]
+        shared = continuations[0][:-1]
+        if all(len(c) == len(shared) + 1 and c[:-1] == shared for c in continuations):
+            one_pass.append((list(context) + shared, len(context), members))
+        else:
+            alone += members
+    for begin in range(0, len(one_pass), 8):
+        chunk = one_pass[begin:begin + 8]
+        width = max(len(ids) for ids, _, _ in chunk)
+        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (ids, _, _) in enumerate(chunk):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            mask[row, :len(ids)] = 1
+        log_probs = torch.log_softmax(model(input_ids=input_ids, attention_mask=mask).logits.float(), dim=-1)
+        for row, (ids, n_context, members) in enumerate(chunk):
+            shared_score = sum(float(log_probs[row, t - 1, ids[t]]) for t in range(n_context, len(ids)))
+            for i in members:
+                scores[i] = shared_score + float(log_probs[row, len(ids) - 1, encoded[i][1][-1]])
+    for i, score in zip(alone, _plain_logliks(model, tokenizer, [encoded[i] for i in alone], 8) if alone else []):
+        scores[i] = score
     return {"seconds": time.perf_counter() - start, "scores": scores}
 
 
@@ -227,12 +275,18 @@ def main() -> None:
     parser.add_argument("--no-ablations", action="store_true",
                         help="generation: ours and the peers only (more rounds in the same time)")
     parser.add_argument("--json", help="write every figure here")
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="leave out the bf16 systems (they run only where the CPU has bf16 units)")
     args = parser.parse_args()
 
     torch.set_num_threads(torch.get_num_threads())
     model, tokenizer = load_model("smollm2-135m")
+    bf16 = cpu_has_native_bf16() and not args.no_bf16
+    # the peers' own bf16: the model in bf16 throughout (what `from_pretrained(dtype=torch.bfloat16)` gives)
+    model16 = copy.deepcopy(model).to(torch.bfloat16) if bf16 else None
     root = resolve_data_dir(args.data_dir)
     rates = [matmul_rate()]
+    rates16 = [matmul_rate(torch.bfloat16)] if bf16 else []
     report: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
                                          f"threads, torch {torch.__version__}, Python {platform.python_version()}"}
 
@@ -245,10 +299,12 @@ def main() -> None:
 
     if args.only != "loglik":
         tasks = {name: prompts_of(name, args.n_generate) for name in ("gsm8k", "boolq")}
-        runs: dict[str, list[dict]] = {"ours": [], "ours, no drafts": [], "ours, unpacked": [],
-                                       "ours, kernel gqa": [], "generate": [], "lm-eval": []}
+        runs: dict[str, list[dict]] = {"ours": [], "ours bf16": [], "ours, no drafts": [], "ours, unpacked": [],
+                                       "ours, kernel gqa": [], "generate": [], "generate bf16": [], "lm-eval": []}
         for round_ in range(args.rounds):
             runs["ours"].append(ours_round(model, tokenizer, tasks, args.batch_size))
+            if bf16:
+                runs["ours bf16"].append(ours_round(model, tokenizer, tasks, args.batch_size, bf16=True))
             if not args.no_ablations:
                 runs["ours, no drafts"].append(ours_round(model, tokenizer, tasks, args.batch_size, 0))
             for ablation in () if args.no_ablations else ABLATIONS:
@@ -256,6 +312,9 @@ def main() -> None:
                                                             ablation=ablation))
             runs["generate"].append({t: batched_generate(model, tokenizer, TASKS[t], p, args.batch_size)
                                      for t, p in tasks.items()})
+            if bf16:
+                runs["generate bf16"].append({t: batched_generate(model16, tokenizer, TASKS[t], p, args.batch_size)
+                                              for t, p in tasks.items()})
             if args.lm_eval_python:
                 request = {"mode": "generate", "batch_size": args.batch_size,
                            "tasks": {t: {"prompts": p, "max_gen_toks": TASKS[t].max_new_tokens}
@@ -270,9 +329,16 @@ def main() -> None:
         tasks = {name: prompts_of(name, args.n_loglik) for name in ("boolq", "arc-e")}
         pairs = {t: [(p, choice_response(label)) for p in prompts for label in TASKS[t].labels]
                  for t, prompts in tasks.items()}
-        runs = {"ours": [], "plain": [], "lm-eval": []}
+        runs = {"ours": [], "ours bf16": [], "ours, whole split": [], "grouped": [], "grouped bf16": [], "plain": [],
+                "lm-eval": []}
         for round_ in range(args.rounds):
             runs["ours"].append({t: ours_loglik(model, tokenizer, pairs[t]) for t in tasks})
+            runs["grouped"].append({t: grouped_loglik(model, tokenizer, pairs[t]) for t in tasks})
+            if bf16:
+                runs["ours bf16"].append({t: ours_loglik(model, tokenizer, pairs[t], bf16=True) for t in tasks})
+                runs["grouped bf16"].append({t: grouped_loglik(model16, tokenizer, pairs[t]) for t in tasks})
+            runs["ours, whole split"].append({t: ours_loglik(model, tokenizer, pairs[t], split="whole")
+                                              for t in tasks})
             runs["plain"].append({t: plain_loglik(model, tokenizer, pairs[t]) for t in tasks})
             if args.lm_eval_python:
                 request = {"mode": "loglik", "batch_size": args.batch_size,
@@ -287,13 +353,19 @@ def main() -> None:
         report["loglik"] = _loglik_report(model, tokenizer, tasks, pairs, runs)
     rates.append(matmul_rate())
     report["matmul_gflops"] = [round(r, 1) for r in rates]
+    if bf16:
+        rates16.append(matmul_rate(torch.bfloat16))
+        report["matmul_bf16_gflops"] = [round(r, 1) for r in rates16]
     report["linear_gflops_at_batch"] = round(linear_rate(model, args.batch_size), 1)
     report["packed_linear_gflops_at_batch"] = round(linear_rate(model, args.batch_size, packed=True), 1)
     rate = sum(rates) / len(rates)
+    rate16 = sum(rates16) / len(rates16) if rates16 else None
     for part in ("generation", "loglik"):
-        for system in report.get(part, {}).get("systems", {}).values():
-            if "gflop" in system:
+        for name, system in report.get(part, {}).get("systems", {}).items():
+            if "gflop" in system:  # bf16 systems against the bf16 rate, the machine's limit
                 system["fraction_of_matmul_rate"] = round(system["gflop"] / system["seconds"] / rate, 3)
+                if rate16:
+                    system["fraction_of_bf16_rate"] = round(system["gflop"] / system["seconds"] / rate16, 3)
     _print(report, args)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1), encoding="utf-8")
@@ -329,6 +401,9 @@ def _generation_report(model: Any, tokenizer: Any, tasks: dict[str, list[str]], 
     ours = systems["ours"]["seconds"]
     for entry in systems.values():
         entry["ours_speedup"] = round(entry["seconds"] / ours, 2)
+    if "ours bf16" in systems:
+        for entry in systems.values():
+            entry["ours_bf16_speedup"] = round(entry["seconds"] / systems["ours bf16"]["seconds"], 2)
     return {"questions": {t: len(p) for t, p in tasks.items()}, "systems": systems}
 
 
@@ -337,6 +412,8 @@ def _loglik_report(model: Any, tokenizer: Any, tasks: dict[str, list[str]], pair
     picked = {system: {t: choices(rounds[-1][t]["scores"], len(TASKS[t].labels)) for t in tasks}
               for system, rounds in runs.items() if rounds}
     gap = max(abs(a - b) for t in tasks for a, b in zip(runs["ours"][-1][t]["scores"], runs["plain"][-1][t]["scores"]))
+    grouped_gap = max(abs(a - b) for t in tasks
+                      for a, b in zip(runs["grouped"][-1][t]["scores"], runs["plain"][-1][t]["scores"]))
     contexts = sum(len(ids) for p in tasks.values() for ids in tokenizer(p)["input_ids"])
     continuations = sum(len(encode_pair(tokenizer, c, r, "original")[1]) for t in tasks for c, r in pairs[t])
     systems = {}
@@ -350,16 +427,27 @@ def _loglik_report(model: Any, tokenizer: Any, tasks: dict[str, list[str]], pair
                                          for r in rounds],
                            "identical_to_ours": sum(a == b for t in tasks
                                                     for a, b in zip(picked[system][t], picked["ours"][t]))}
-    systems["ours"].update(tokens_processed=contexts + continuations,
-                           gflop=round(work_gflop(model, contexts + continuations, continuations) * len(runs["ours"]), 1))
+    for name in ("ours", "ours bf16"):
+        if name in systems:
+            systems[name].update(tokens_processed=contexts + continuations, gflop=round(
+                work_gflop(model, contexts + continuations, continuations) * len(runs[name]), 1))
     ours = systems["ours"]["seconds"]
     for entry in systems.values():
         entry["ours_speedup"] = round(entry["seconds"] / ours, 2)
-    return {"questions": {t: len(p) for t, p in tasks.items()}, "max_abs_diff_vs_plain": gap, "systems": systems}
+    if "ours bf16" in systems:
+        for entry in systems.values():
+            entry["ours_bf16_speedup"] = round(entry["seconds"] / systems["ours bf16"]["seconds"], 2)
+    whole = picked.get("ours, whole split")
+    if whole and "lm-eval" in picked:
+        systems["ours, whole split"]["identical_to_lm_eval"] = sum(
+            a == b for t in tasks for a, b in zip(whole[t], picked["lm-eval"][t]))
+    return {"questions": {t: len(p) for t, p in tasks.items()}, "max_abs_diff_vs_plain": gap,
+            "grouped_max_abs_diff_vs_plain": grouped_gap, "systems": systems}
 
 
 def _print(report: dict, args: argparse.Namespace) -> None:
     print(f"\nmachine: {report['machine']}; 2048x2048 fp32 matmul: {report['matmul_gflops']} GFLOP/s (start, end); "
+          f"bf16: {report.get('matmul_bf16_gflops', '–')}; "
           f"the model's Linear layers on {args.batch_size} rows: {report['linear_gflops_at_batch']} GFLOP/s "
           f"(F.linear), {report['packed_linear_gflops_at_batch']} (packed, oneDNN)")
     for part in ("generation", "loglik"):
@@ -368,14 +456,19 @@ def _print(report: dict, args: argparse.Namespace) -> None:
         print(f"\n{part}: {report[part]['questions']}, batch {args.batch_size}, {args.rounds} round(s)")
         if part == "loglik":
             print(f"largest |ours - plain| log-likelihood: {report[part]['max_abs_diff_vs_plain']:.2e}")
-        print("| system | seconds (all rounds) | per round | examples/s | tokens processed | identical answers "
-              "| time / ours | fraction of matmul rate |")
-        print("|---|---:|---|---:|---:|---:|---:|---:|")
+        print("| system | seconds (all rounds) | per round | examples/s | tokens processed | identical to ours "
+              "(fp32) | time / ours | time / ours bf16 | fraction of fp32 / bf16 matmul rate |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---|")
         n = sum(report[part]["questions"].values())
         for name, s in report[part]["systems"].items():
             print(f"| {name} | {s['seconds']} | {s['per_round']} | {s['examples_per_second']} | "
                   f"{s.get('tokens_processed', '–')} | {s['identical_to_ours']}/{n} | {s['ours_speedup']}x | "
-                  f"{s.get('fraction_of_matmul_rate', '–')} |")
+                  f"{s.get('ours_bf16_speedup', '–')}x | {s.get('fraction_of_matmul_rate', '–')} / "
+                  f"{s.get('fraction_of_bf16_rate', '–')} |")
+        if part == "loglik":
+            print(f"largest |grouped - plain| log-likelihood: {report[part]['grouped_max_abs_diff_vs_plain']:.2e}; "
+                  f"whole split vs lm-eval's choices: "
+                  f"{report[part]['systems']['ours, whole split'].get('identical_to_lm_eval', '–')}/{n}")
         for name, s in report[part]["systems"].items():
             if "per_task" in s:
                 print(f"{name}: seconds per task over the rounds {s['per_task']}")

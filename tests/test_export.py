@@ -445,3 +445,27 @@ def test_llamacpp_runs_the_gguf_export_and_the_gguf_lora_as_transformers_runs_th
     assert float((ran["base"] - plain).abs().max()) < 5e-3
     assert float((ran["merged"] - expected).abs().max()) < 5e-3
     assert float((ran["lora"] - ran["merged"]).abs().max()) < 1e-4
+
+
+def test_export_gguf_lora_checks_the_pairs_it_writes_and_refuses_weights_outside_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_adapters.export import gguf_lora
+
+    folder = _adapter(tmp_path, "tiny-llama", {"method": "lora", "r": 4, "alpha": 8})
+    (folder / "manifest.json").write_text(json.dumps({"spec": {"method": "peft:lora"}}))  # a peft:lora run
+    export_adapter(ExportConfig(adapter=str(folder), out=str(tmp_path / "lora"), base_model="tiny-llama",
+                                format="gguf-lora"))
+    check = json.loads((tmp_path / "lora" / "manifest.json").read_text())["check"]
+    assert check["max_abs_logit_difference"] < 1e-4 and "pairs written" in check["compared"]
+    real = gguf_lora.pairs_from_model
+    monkeypatch.setattr(gguf_lora, "pairs_from_model", lambda model: real(model)[1:])  # a pair lost on the way
+    export_adapter(ExportConfig(adapter=str(folder), out=str(tmp_path / "short"), base_model="tiny-llama",
+                                format="gguf-lora"))
+    assert json.loads((tmp_path / "short" / "manifest.json").read_text())["check"][
+        "max_abs_logit_difference"] > 1e-3  # the check sees it
+    monkeypatch.undo()
+    saved = _adapter(tmp_path, "tiny-llama", {"method": "peft:lora", "placement": "attn",
+                                               "peft_options": {"r": 4, "modules_to_save": ["lm_head"]}}, "mts")
+    line = _refused(["export", str(saved), "--out", str(tmp_path / "out"), "--base-model", "tiny-llama",
+                     "--format", "gguf-lora"], capsys)
+    assert "also trains modules_to_save" in line and "--format gguf" in line

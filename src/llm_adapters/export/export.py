@@ -35,7 +35,8 @@ _NOT_A_WEIGHT_CHANGE = {
     "prompt": "it adds virtual tokens to the input, not a change of the weights",
     "ptuning": "it adds virtual tokens to the input, not a change of the weights",
 }
-_LORA_AS_SAVED = ("lora", "rslora", "pissa", "olora")  # saved as plain LoRA pairs (PiSSA/OLoRA: of rank 2r)
+# saved as plain LoRA pairs (PiSSA/OLoRA: of rank 2r; peft:lora is PEFT's own LoRA, whatever its options)
+_LORA_AS_SAVED = ("lora", "rslora", "pissa", "olora", "peft:lora")
 PROBES = ("What is 12 plus 30? Answer with a number.", "Is the sky blue on a clear day? Answer true or false.")
 
 
@@ -235,8 +236,9 @@ def _write_lora(config: ExportConfig, peft_model: Any, tokenizer: Any, template:
     record: dict[str, Any] = {}
     if config.as_lora is None:
         pairs = pairs_from_model(peft_model)
-        record["check"] = {"probe_prompts": len(PROBES), "max_abs_logit_difference": 0.0,
-                           "compared": "the LoRA pairs are the adapter's own"}
+        record["check"] = {"probe_prompts": len(PROBES), "max_abs_logit_difference": _pairs_difference(
+            peft_model, pairs, tokenizer, template, reference),
+                           "compared": "base + scale x B A of the pairs written against base + adapter"}
     else:
         pairs, difference = _convert_to_lora(peft_model, tokenizer, template, reference, config.as_lora)
         record["as_lora"] = {"rank": config.as_lora}
@@ -259,6 +261,18 @@ def _base_gguf(base: str) -> str | None:
     if base == EMBEDDED:
         return str(embedded_gguf_path())
     return str(Path(base).resolve()) if base.endswith(".gguf") else None
+
+
+@torch.no_grad()
+def _pairs_difference(peft_model: Any, pairs: list[Any], tokenizer: Any, template: str | None,
+                      reference: list[torch.Tensor]) -> float:
+    """The largest probe logit difference between the adapter model and its base with each written pair's scale x
+    B A added to its weight, as llama.cpp applies a LoRA file (the adapter's layers are unloaded: last use)."""
+    base = peft_model.unload()
+    for pair in pairs:
+        weight = base.get_submodule(pair.module).weight
+        weight += (pair.scale * pair.b.double() @ pair.a.double()).to(weight.dtype)
+    return _largest_difference(reference, _probe_logits(base, tokenizer, template or "original"))
 
 
 def _convert_to_lora(peft_model: Any, tokenizer: Any, template: str | None, reference: list[torch.Tensor],

@@ -43,6 +43,11 @@ def pairs_from_model(peft_model: Any) -> list[LoraPair]:
     from peft.tuners.lora import LoraLayer
 
     name = peft_model.active_adapter
+    config = peft_model.peft_config[name]
+    extra = [field for field in ("modules_to_save", "trainable_token_indices") if getattr(config, field, None)]
+    if extra:  # trained weights outside the LoRA pairs: a LoRA file would silently leave them out
+        raise UserError(f"the adapter also trains {' and '.join(extra)} ({getattr(config, extra[0])}), which a GGUF "
+                        "LoRA file cannot hold; use --format gguf (merged: every trained weight included)")
     pairs = []
     for module_name, module in peft_model.named_modules():
         if not isinstance(module, LoraLayer):
