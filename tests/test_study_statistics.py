@@ -565,3 +565,66 @@ def test_hypotheses_in_a_spec_must_pick_one_configuration_each():
              r"hypotheses\[1\]\.why: unknown")):
         with pytest.raises(ValueError, match=message):
             build_study({**spec, "hypotheses": hypotheses})
+
+
+def test_folders_of_one_name_with_other_settings_are_two_studies_and_shards_of_one_pool(tmp_path):
+    runs = [("base", {}, None, {"gsm8k": bits(3, GSM)}, 0.0, True),
+            ("la1", {"method": "lora", "seed": 1}, 1, {"gsm8k": bits(15, GSM)})]
+    first = hand_store(tmp_path, runs, name="rq1")
+    second = tmp_path / "rq1-qwen"
+    second.mkdir()
+    (second / store.STUDY_FILE).write_text(json.dumps({"name": "rq1", "spec": {"name": "rq1", "grid": {}},
+                                                       "fixed": {"base_model": {"name": "another"}}}))
+    write_run(second, "base2", {}, None, {"gsm8k": bits(20, GSM)}, 0.0, True, study="rq1")
+    records = load_study_records([first, second])
+    assert {r["configuration"] for r in records if r["baseline"]} == {"rq1 (rq1): base model",
+                                                                      "rq1 (rq1-qwen): base model"}
+    summary = reports.table(records)
+    assert [r["cells"]["gsm8k"]["n_seeds"] for k, r in summary["rows"].items() if r["baseline"]] == [1, 1]
+    shard = tmp_path / "shard"  # the same study (same fixed part), other seeds: pooled as one
+    shard.mkdir()
+    (shard / store.STUDY_FILE).write_text((first / store.STUDY_FILE).read_text())
+    write_run(shard, "la2", {"method": "lora", "seed": 2}, 2, {"gsm8k": bits(17, GSM)}, study="rq1")
+    pooled = reports.table(load_study_records([first, shard]))
+    assert pooled["rows"]["method=lora"]["cells"]["gsm8k"]["n_seeds"] == 2
+
+
+def test_an_untested_hypothesis_stays_in_the_holm_family(study):
+    records = load_study_records(study)
+    summary = reports.table(records)
+    hypotheses = {"hand": [{"name": "H1", "better": {"method": "lora", "placement": "attn"}, "worse": "base model"},
+                           {"name": "H2", "better": {"method": "dora"}, "worse": "base model"}]}  # never ran
+    h1, h2 = reports.comparisons(records, summary, hypotheses)[:2]
+    assert h2["p"] is None and reports.hypothesis_outcome(h2) == "not tested"
+    assert h1["p_holm"] == pytest.approx(min(1.0, 2 * h1["p"]))  # m = 2: the one that did not run counts
+
+
+def test_hypotheses_name_no_seed_and_two_configurations_and_read_numbers_written_as_yaml_strings(tmp_path):
+    spec = {"name": "s", "base_model": "tiny-llama", "data": {"builder": "synthetic-arithmetic", "n": 8},
+            "finetune": {"max_steps": 1}, "evaluate": {"tasks": ["gsm8k"], "limit": 2},
+            "grid": {"method": ["lora"], "learning_rate": [3.0e-4, 1.0e-3], "seed": [1, 2]}}
+    ok = build_study({**spec, "hypotheses": [{"better": {"method": "lora", "learning_rate": "1e-3"},
+                                              "worse": {"learning_rate": 0.0003}}]})
+    assert len(ok.hypotheses) == 1
+    for hypotheses, message in (
+            ([{"better": {"learning_rate": 1e-3, "seed": 1}, "worse": "base model"}], "names a seed"),
+            ([{"better": {"learning_rate": 1e-3}, "worse": {"method": "lora", "learning_rate": 0.001}}],
+             "better and worse pick the same configuration"),
+            ({"better": {"learning_rate": 1e-3}, "worse": "base model"}, "hypotheses must be a list")):
+        with pytest.raises(ValueError, match=message):
+            build_study({**spec, "hypotheses": hypotheses})
+
+
+def test_registered_hypotheses_cannot_change_once_results_exist(tmp_path):
+    spec = {"name": "s", "base_model": "tiny-llama", "data": {"builder": "synthetic-arithmetic", "n": 8},
+            "finetune": {"max_steps": 1}, "evaluate": {"tasks": ["gsm8k"], "limit": 2},
+            "grid": {"method": ["lora", "series"], "seed": [1]},
+            "hypotheses": [{"better": {"method": "lora"}, "worse": {"method": "series"}}]}
+    store.open_store(tmp_path, build_study(spec))
+    turned = {**spec, "hypotheses": [{"better": {"method": "series"}, "worse": {"method": "lora"}}]}
+    store.open_store(tmp_path, build_study(turned))  # no result yet: still being written
+    store.open_store(tmp_path, build_study(spec))
+    write_run(tmp_path, "lora-s1", {"method": "lora", "seed": 1}, 1, {"gsm8k": bits(3, GSM)}, study="s")
+    with pytest.raises(ValueError, match="a pre-registered hypothesis cannot change once results exist"):
+        store.open_store(tmp_path, build_study(turned))
+    store.open_store(tmp_path, build_study(spec))  # the same hypotheses: fine

@@ -253,3 +253,19 @@ def test_ui_every_request_stays_on_this_machine(page: Any, app: dict[str, Any]) 
     """No CDN, no telemetry: after every tab has rendered and answered, the browser asked only the app."""
     assert page.requests and all(url.startswith(app["url"]) or url.startswith("data:") or url.startswith("blob:")
                                  for url in page.requests), [u for u in page.requests if not u.startswith(app["url"])]
+
+
+def test_disagreements_of_a_study_scored_by_log_likelihood(tmp_path: Path) -> None:
+    study = tmp_path / "ll"
+    for name, values, right in (("a-s1", {"method": "lora", "seed": 1}, [True, False, True]),
+                                ("b-s1", {"method": "series", "seed": 1}, [True, True, False])):
+        folder = study / "runs" / f"{name}-0123456789"
+        (folder / "eval" / "boolq").mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({"id": name, "name": name, "values": values,
+                                                        "method": values["method"], "seed": 1, "tasks": {}}))
+        (folder / "eval" / "boolq" / "predictions.jsonl").write_text("".join(json.dumps({
+            "index": i, "prompt": f"### Instruction:\nq{i}\n\n### Response:\n", "gold": "true",
+            "loglik_prediction": "true" if r else "false", "loglik_correct": r}) + "\n" for i, r in enumerate(right)))
+    found = studies.disagreements(study, "method=lora", "method=series", "boolq")
+    assert [(d["index"], d["a_correct"], d["b_correct"], d["a_answer"]) for d in found] == [
+        (1, False, True, "false"), (2, True, False, "true")]

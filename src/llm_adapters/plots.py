@@ -93,18 +93,25 @@ def _base_lines(axis: Any, bases: list[dict[str, Any]], column: str = "average",
                          label=f"{name}: {100 * stat['mean']:.1f} %")
 
 
+def _group_label(row: dict[str, Any]) -> str:
+    """A bar group of the placement plot: the method and the grid's other values (all but placement and seed), so
+    that no configuration is left out when the grid has more axes."""
+    others = [f"{axis}={value}" for axis, value in row["values"].items() if axis not in ("method", "placement", "seed")]
+    return "\n".join([row["method"], *others])
+
+
 def _placement_bars(rows: dict[str, Any], bases: list[dict[str, Any]], path: Path) -> Path:
     plt = _pyplot()
-    methods = list(dict.fromkeys(row["method"] for row in rows.values()))
-    placements = list(dict.fromkeys(str(row["values"].get("placement")) for row in rows.values()))
+    groups = list(dict.fromkeys(_group_label(row) for row in rows.values()))
+    placements = list(dict.fromkeys(str(row["values"].get("placement", "none")) for row in rows.values()))
     width = 0.8 / max(1, len(placements))
-    figure, axis = plt.subplots(figsize=(max(6, 1.9 * len(methods)), 4.5))
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4.8))
     for k, placement in enumerate(placements):
         xs, ys, below, above = [], [], [], []
-        for m, method in enumerate(methods):
+        for m, group in enumerate(groups):
             match = [r for r in rows.values()
-                     if r["method"] == method and str(r["values"].get("placement")) == placement]
-            if match:
+                     if _group_label(r) == group and str(r["values"].get("placement", "none")) == placement]
+            if match:  # one row at most: the group and the placement are every grid value but the seed
                 mean, low, high = _interval(match[0]["cells"]["average"])
                 xs.append(m + (k - (len(placements) - 1) / 2) * width)
                 ys.append(mean)
@@ -112,8 +119,8 @@ def _placement_bars(rows: dict[str, Any], bases: list[dict[str, Any]], path: Pat
                 above.append(high)
         axis.bar(xs, ys, width, yerr=[below, above], capsize=4, label=f"placement {placement}")
     _base_lines(axis, bases)
-    axis.set_xticks(range(len(methods)), methods)
-    axis.set_xlabel("method")
+    axis.set_xticks(range(len(groups)), groups, fontsize=8)
+    axis.set_xlabel("method (and the grid's other values)")
     axis.set_ylabel(AVERAGE_LABEL)
     axis.set_title("accuracy by placement (RQ1)")
     axis.legend(fontsize=8)
@@ -126,6 +133,8 @@ def _hyperparameter_lines(rows: dict[str, Any], bases: list[dict[str, Any]], nam
     figure, axis = plt.subplots(figsize=(6, 4.5))
     methods = list(dict.fromkeys(row["method"] for row in rows.values()))
     values = [row["values"][name] for row in rows.values() if name in row["values"]]
+    # values spanning a decade or more (learning rates) on a log axis, where 3e-4 and 1e-3 stand apart
+    logarithmic = min(values) > 0 and max(values) >= 10 * min(values)
     # Methods side by side at each value (a small shift), so equal points and their bars stay apart.
     shift = 0.012 * ((max(values) - min(values)) or 1)
     for i, method in enumerate(methods):
@@ -133,10 +142,13 @@ def _hyperparameter_lines(rows: dict[str, Any], bases: list[dict[str, Any]], nam
                         for row in rows.values() if row["method"] == method and name in row["values"])
         if points:
             xs, ys, below, above = zip(*points)
-            xs = [x + (i - (len(methods) - 1) / 2) * shift for x in xs]
+            offset = (i - (len(methods) - 1) / 2)
+            xs = [x * 1.06 ** offset if logarithmic else x + offset * shift for x in xs]
             axis.errorbar(xs, ys, yerr=[below, above], marker=_MARKERS[i % len(_MARKERS)], capsize=4, label=method)
     _base_lines(axis, bases)
-    axis.set_xlabel(name)
+    if logarithmic:
+        axis.set_xscale("log")
+    axis.set_xlabel(name + (" (log scale)" if logarithmic else ""))
     axis.set_ylabel(AVERAGE_LABEL)
     axis.set_title(f"accuracy against {name} (RQ2)")
     axis.legend(fontsize=8)

@@ -52,15 +52,26 @@ def read_store(folders: list[str | Path]) -> StoreContents:
     """Records, failures, specs and run folders of every study folder."""
     found: list[tuple[tuple, dict[str, Any], Path]] = []
     failed, specs = [], {}
-    for number, folder in enumerate(folders):
+    saved = []
+    for folder in folders:
         path = Path(folder) / store.STUDY_FILE
         if not path.is_file():
             raise MissingInputError(f"{folder} is not a study folder (no {store.STUDY_FILE})")
-        spec = json.loads(path.read_text(encoding="utf-8"))["spec"]
+        saved.append(json.loads(path.read_text(encoding="utf-8")))
+    # Folders of one study (its shards) pool their runs; folders whose specs share a name but not their fixed part
+    # (another base model, other data or settings) are different studies, named after their folders.
+    fixed_by_name: dict[str, set[str]] = {}
+    for study in saved:
+        fixed_by_name.setdefault(study["spec"]["name"], set()).add(json.dumps(study.get("fixed"), sort_keys=True))
+    for number, (folder, study) in enumerate(zip(folders, saved)):
+        spec = dict(study["spec"])
+        if len(fixed_by_name[spec["name"]]) > 1:
+            spec["name"] = f"{spec['name']} ({Path(folder).name})"
         specs[spec["name"]] = spec
         grid = spec.get("grid") or []
         for result_path in store.result_paths(folder):
             result = json.loads(result_path.read_text(encoding="utf-8"))
+            result["study"] = spec["name"]
             rank = (number, not result.get("baseline", False), _grid_rank(grid, result["values"]),
                     str(result["values"]), result["seed"] if result["seed"] is not None else -1, result["name"])
             found.append((rank, result, result_path.parent))

@@ -168,15 +168,18 @@ def comparisons(records: list[dict[str, Any]], summary: dict[str, Any],
                       "chosen": chosen, "method_of_chosen": rows[chosen]["method"] if chosen else None,
                       "one_seed": [k for k in (a, b) if not rows[k]["baseline"] and rows[k]["runs"] < 2],
                       **numbers})
-    for group in (confirmatory, found):
-        _adjust(group)
+    _adjust(confirmatory, registered=True)
+    _adjust(found)
     return confirmatory + found
 
 
-def _adjust(group: list[dict[str, Any]]) -> None:
-    """Holm over the comparisons of `group` that have a p-value, then each one's verdict."""
+def _adjust(group: list[dict[str, Any]], registered: bool = False) -> None:
+    """Holm over the comparisons of `group` that have a p-value, then each one's verdict. `registered` (the
+    pre-registered hypotheses): the family is every hypothesis, also one that could not be tested (a
+    configuration without a finished run counts with p = 1), so a failed run cannot make the others easier."""
     tested = [c for c in group if c["p"] is not None]
-    for c, adjusted in zip(tested, statistics.holm([c["p"] for c in tested])):
+    untested = [] if not registered else [1.0] * (len(group) - len(tested))
+    for c, adjusted in zip(tested, statistics.holm([c["p"] for c in tested] + untested)):
         c["p_holm"] = adjusted
     for c in group:
         c.setdefault("p_holm", None)
@@ -316,8 +319,10 @@ def scope_text(c: dict[str, Any]) -> str:
 
 COMPARISON_NOTE = ("Paired on the same questions: each configuration's mean over its own seeds per question; SE "
                    "from the questions' differences and each side's seed spread; p two-sided (normal), Holm-"
-                   "adjusted over all the comparisons below; \"beats\" only where the Holm-adjusted p < 0.05. "
-                   "Exploratory: a method's best configuration was chosen on these same data.")
+                   "adjusted over the comparisons below that are not pre-registered hypotheses (those form a "
+                   "family of their own, above); \"beats\" only where the Holm-adjusted p < 0.05. Exploratory: a "
+                   "method's best configuration was chosen on these same data, or (where the study pre-registered "
+                   "hypotheses) any comparison that is not one of them.")
 
 
 def _is_number(text: str) -> bool:
@@ -358,7 +363,8 @@ def markdown(title: str, summary: dict[str, Any], found: list[dict[str, Any]], c
 
 HYPOTHESES_NOTE = ("The contrasts written into the spec before the study ran, as the paper predicts them (A better "
                    "than B). Difference: A - B in accuracy points, with its 95 % interval (D ± 1.96 SE, definition "
-                   "3); Holm p: adjusted over these hypotheses alone. Held: Holm p < 0.05 in the predicted "
+                   "3); Holm p: adjusted over these hypotheses alone (every one registered, an untested one with "
+                   "p = 1). Held: Holm p < 0.05 in the predicted "
                    "direction; contradicted: Holm p < 0.05 in the other; not decided: inside the noise.")
 
 

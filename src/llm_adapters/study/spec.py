@@ -239,6 +239,10 @@ def build_study(values: dict[str, Any], source: str = "") -> StudySpec:
         if not isinstance(entry, dict) or not set(entry) <= all_axes:
             problems.append(f"exclude entry {entry!r}: a mapping of grid axes ({', '.join(sorted(all_axes))})")
     problems += _resources_problems(values.get("resources") or {})
+    if not isinstance(values.get("hypotheses") or [], list):
+        problems.append(f"hypotheses must be a list of {{name, better, worse, scope, source}} mappings, got "
+                        f"{values['hypotheses']!r}")
+        values = {**values, "hypotheses": []}
     baseline = values.get("baseline", True)
     if not isinstance(baseline, bool):
         problems.append(f"baseline must be true or false, got {baseline!r}")
@@ -277,6 +281,11 @@ def hypothesis_configuration(selector: Any, runs: list["Run"]) -> str | None:
 
 
 def _same_value(have: Any, want: Any) -> bool:
+    if isinstance(have, (int, float)) and isinstance(want, str):  # YAML reads 1e-3 (no dot) as a string
+        try:
+            want = float(want)
+        except ValueError:
+            return False
     if isinstance(have, (int, float)) and isinstance(want, (int, float)) and not isinstance(want, bool):
         return math.isclose(have, want, rel_tol=1e-12)
     return have == want or (isinstance(have, (list, tuple)) and list(have) == want)
@@ -292,12 +301,19 @@ def _hypotheses_problems(study: StudySpec, runs: list["Run"]) -> list[str]:
             continue
         problems += [f"{where}.{key}: unknown; accepted: {', '.join(HYPOTHESIS_KEYS)}" for key in entry
                      if key not in HYPOTHESIS_KEYS]
+        picked = []
         for side in ("better", "worse"):
             if side not in entry:
                 problems.append(f"{where}.{side} is required (grid values, or 'base model')")
-            elif hypothesis_configuration(entry[side], runs) is None:
+            elif isinstance(entry[side], dict) and "seed" in entry[side]:
+                problems.append(f"{where}.{side} names a seed: a configuration is its seeds together (leave seed out)")
+            elif (found := hypothesis_configuration(entry[side], runs)) is not None:
+                picked.append(found)
+            else:
                 problems.append(f"{where}.{side} {entry[side]!r} does not pick exactly one configuration of the "
                                 "grid (give more grid values), or names the base model with baseline: false")
+        if len(picked) == 2 and picked[0] == picked[1]:
+            problems.append(f"{where}: better and worse pick the same configuration ({picked[0]})")
         scope = entry.get("scope", "average")
         if scope != "average" and scope not in _task_names(tasks):
             problems.append(f"{where}.scope {scope!r} is not 'average' or one of the study's tasks")

@@ -52,6 +52,12 @@ def open_store(out: str | Path, study: StudySpec) -> None:
     fixed = json.loads(json.dumps(study.fixed(), default=str))
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
+        registered = saved.get("spec", {}).get("hypotheses") or []
+        now = json.loads(json.dumps(list(study.hypotheses), default=list))
+        if registered != now and result_paths(out):
+            raise UserError(f"{out} holds results of study {study.name!r} registered with other hypotheses; a "
+                            "pre-registered hypothesis cannot change once results exist (the report would call the "
+                            "new ones confirmatory): restore them, or run the changed study into another --out")
         changed = differences(saved.get("fixed"), fixed)
         if saved.get("name") != study.name:
             changed.insert(0, f"name: {saved.get('name')!r} -> {study.name!r}")

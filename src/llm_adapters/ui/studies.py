@@ -118,13 +118,22 @@ def disagreements(study: str | Path, a: str, b: str, task: str) -> list[dict[str
         outcome = {"a": {r["index"]: r for r in left}, "b": {r["index"]: r for r in right}}
         for index in sorted(set(outcome["a"]) & set(outcome["b"])):
             x, y = outcome["a"][index], outcome["b"][index]
-            if bool(x.get("correct")) != bool(y.get("correct")):
+            if _right(x) != _right(y):
                 rows.append({"index": index, "seed": seed_a if seed_a is not None else seed_b, "gold": x.get("gold"),
-                             "question": _question(x["prompt"]), "a_answer": x.get("prediction"),
-                             "a_correct": bool(x.get("correct")), "a_generation": x.get("generation", ""),
-                             "b_answer": y.get("prediction"), "b_correct": bool(y.get("correct")),
+                             "question": _question(x["prompt"]), "a_answer": _answer(x), "a_correct": _right(x),
+                             "a_generation": x.get("generation", ""), "b_answer": _answer(y), "b_correct": _right(y),
                              "b_generation": y.get("generation", "")})
     return rows
+
+
+def _right(record: dict[str, Any]) -> bool:
+    """Whether a prediction record is right: its generation's answer, else (scored by log-likelihood only) its
+    most likely label."""
+    return bool(record["correct"] if "correct" in record else record.get("loglik_correct"))
+
+
+def _answer(record: dict[str, Any]) -> Any:
+    return record["prediction"] if "prediction" in record else record.get("loglik_prediction")
 
 
 def _question(prompt: str) -> str:
