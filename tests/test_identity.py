@@ -65,6 +65,16 @@ def test_batch_size_and_drafts_are_speed_only_in_fp32_and_identity_in_bf16(tmp_p
     _evaluate(pure, tokenizer, tmp_path / "bf16", batch_size=2, limit=3)  # the same settings resume
 
 
+@needs_bf16_units
+def test_batch_size_is_identity_with_bf16_products(tmp_path: Path) -> None:
+    # bf16 products are row-local, but they round the fp32 attention's batch-dependent sums to bf16 (answers
+    # move: tests/test_invariance.py), so a bf16-products folder keeps its batch size too.
+    model, tokenizer = load_model("tiny-llama")
+    _evaluate(model, tokenizer, tmp_path / "p", batch_size=2, dtype="bfloat16")
+    with pytest.raises(RunMismatchError, match=r"batch_size: 2 -> 4"):
+        _evaluate(model, tokenizer, tmp_path / "p", batch_size=4, limit=3, dtype="bfloat16")
+
+
 def test_check_invariance_counts_answers_equal_alone_and_is_recorded(tmp_path: Path, monkeypatch) -> None:
     import importlib
 

@@ -457,7 +457,10 @@ def test_config_yaml_string_numbers_are_coerced_and_flags_override_yaml(tmp_path
     ({"load_in_4bit": True}, "load_in_4bit needs a CUDA GPU"),
 ])
 def test_finetune_gpu_only_settings_fail_clearly_on_cpu(tmp_path, data_file, overrides, message, monkeypatch):
+    import llm_adapters.models
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, even where a GPU is present
+    monkeypatch.setattr(llm_adapters.models, "cpu_has_native_bf16", lambda: False)  # ... and without bf16 units
     with pytest.raises(ValueError, match=message):
         finetune(_run(tmp_path, data_file, **overrides))
 

@@ -227,7 +227,8 @@ def _cpu_bf16_flags() -> bool:
 def cpu_bf16_products(device: torch.device | str, dtype: str | torch.dtype) -> bool:
     """Whether `dtype` on `device` evaluates as bf16 products with fp32 activations (`eval.packed.bf16_products`):
     bf16 asked for on a CPU with bf16 units. The model then loads in fp32 and only its Linear products run in
-    bf16, so answers do not depend on the batch (see README, "Where answers are batch-invariant")."""
+    bf16: rows are rounded row by row, though answers may still move with the batch (see README, "Where answers
+    are batch-invariant")."""
     device = torch.device(device)
     return device.type == "cpu" and resolve_dtype(dtype, device) == torch.bfloat16 and cpu_has_native_bf16()
 

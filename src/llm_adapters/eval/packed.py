@@ -113,9 +113,10 @@ def plain_linears() -> Iterator[None]:
 # SmolLM2). Here only the products are bf16: each Linear layer rounds its input and weight to bf16 and oneDNN sums
 # in fp32; everything else (norms, attention, the residual stream, the KV cache) stays fp32. oneDNN's bf16 inner
 # product gives every row the same bits whatever the other rows and the row count, from two rows on (a single row
-# goes with a copy of itself; checked by `tests/test_bf16.py` on this machine, so an upgrade that changes it is
-# noticed), so the only rounding that could depend on the batch is that of the fp32 attention, as in the fp32
-# engine.
+# goes with a copy of itself; checked by `tests/test_bf16.py`). That does not make answers batch-invariant: the
+# fp32 attention's sums differ by ~1e-7 with the batch, and rounding them to bf16 for the next product turns a
+# few of those into a bf16 step (1e-2), so answers move now and then (AQuA on SmolLM2, tests/test_invariance.py);
+# `decoding.batch_invariant` therefore keeps the batch size and drafts in a bf16-products folder's identity.
 #
 # A product's result comes back from oneDNN rounded to bf16. For the output layer that would make near-equal
 # logits equal (a bf16 step is 1/8 at a logit of 20), so greedy decoding would break such ties by token id; the
