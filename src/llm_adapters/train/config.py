@@ -72,8 +72,8 @@ class FinetuneConfig:
     seed: int = field(default=42, metadata={"help": "seed of the split, the data order, dropout and adapter init"})
     # system
     precision: str = field(default="auto", metadata={
-        "help": "auto (bf16 on a GPU that has it, else fp32), fp32; bf16 or fp16 (base weights in that dtype, adapter "
-                "fp32, autocast) need a GPU that has them"})
+        "help": "auto (bf16 on a GPU that has it, else fp32, also on a CPU with bf16 units), fp32; bf16 (base "
+                "weights in bf16, adapter fp32, autocast) needs a GPU or a CPU with bf16 units; fp16 needs a GPU"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations: less memory, slower"})
     load_in_8bit: bool = field(default=False, metadata={"help": "8-bit base weights (bitsandbytes, CUDA only)"})
     load_in_4bit: bool = field(default=False, metadata={"help": "4-bit NF4 base weights (bitsandbytes, CUDA only)"})
