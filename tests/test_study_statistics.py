@@ -436,6 +436,7 @@ class _Links(html.parser.HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.urls, self.scripts, self.cells, self._script, self._cell = [], {}, [], None, False
+        self.headings, self._heading = [], False
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -444,6 +445,7 @@ class _Links(html.parser.HTMLParser):
             self._script = attrs.get("id", "inline")
             self.scripts[self._script] = ""
         self._cell = tag == "td"
+        self._heading = tag == "h2"
 
     def handle_endtag(self, tag):
         if tag == "script":
@@ -455,6 +457,9 @@ class _Links(html.parser.HTMLParser):
         elif self._cell:
             self.cells.append(data)
             self._cell = False
+        elif self._heading:
+            self.headings.append(data)
+            self._heading = False
 
 
 def test_report_html_is_one_file_without_network_with_the_table_and_the_disagreements(study, tmp_path):
@@ -628,3 +633,21 @@ def test_registered_hypotheses_cannot_change_once_results_exist(tmp_path):
     with pytest.raises(ValueError, match="a pre-registered hypothesis cannot change once results exist"):
         store.open_store(tmp_path, build_study(turned))
     store.open_store(tmp_path, build_study(spec))  # the same hypotheses: fine
+
+
+def test_report_md_and_html_both_show_the_hypotheses_table(study, tmp_path):
+    spec_file = study / store.STUDY_FILE
+    saved = json.loads(spec_file.read_text())
+    saved["spec"]["hypotheses"] = [{"name": "H1", "better": {"method": "lora", "placement": "attn"},
+                                    "worse": "base model"}]
+    spec_file.write_text(json.dumps(saved))
+    result = reports.write_report([study], tmp_path / "report")
+    h1 = next(c for c in result["comparisons"] if c.get("hypothesis") == "H1")
+    row = reports.hypotheses_view([h1])[1][0]
+    assert row[0] == "H1" and row[-1] == reports.hypothesis_outcome(h1)
+    markdown = result["markdown"]
+    assert "## Pre-registered hypotheses" in markdown and "| " + " | ".join(row) + " |" in markdown
+    parser = _Links()
+    parser.feed((Path(result["folder"]) / "report.html").read_text())
+    assert "Pre-registered hypotheses" in parser.headings
+    assert all(cell in parser.cells for cell in row)  # every cell of the hypothesis' row is in the page

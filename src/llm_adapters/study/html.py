@@ -120,11 +120,13 @@ def _json_for_script(value: Any) -> str:
 
 def render_html(title: str, table: tuple[list[str], list[list[str]]],
                 comparisons: tuple[list[str], list[list[str]]], sentences: list[str], plots: list[Path],
-                browser: dict[str, Any], notes: tuple[str, str]) -> str:
+                browser: dict[str, Any], notes: tuple[str, str],
+                hypotheses: tuple[list[str], list[list[str]], str] | None = None) -> str:
     """The page, as text.
 
     Args:
         table, comparisons: (header, rows of text) from `report.table_view` and `report.comparison_view`.
+        hypotheses: (header, rows, note) of `report.hypotheses_view` where the study pre-registered some.
         sentences: one per comparison (`report.sentence`).
         plots: PNG files, inlined.
         browser: `records.answers(...)`: configurations, questions and each run's answers.
@@ -133,7 +135,11 @@ def render_html(title: str, table: tuple[list[str], list[list[str]]],
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              "<h2>Accuracy</h2>", _table(*table, first_text_columns=2),
-             f"<p class=note>{html.escape(notes[0])}</p>", "<h2>Comparisons</h2>",
+             f"<p class=note>{html.escape(notes[0])}</p>"]
+    if hypotheses and hypotheses[1]:
+        parts += ["<h2>Pre-registered hypotheses</h2>", f"<p class=note>{html.escape(hypotheses[2])}</p>",
+                  _table(hypotheses[0], hypotheses[1], first_text_columns=3)]
+    parts += ["<h2>Comparisons</h2>",
              f"<p class=note>{html.escape(notes[1])}</p>"]
     if comparisons[1]:
         parts += [_table(*comparisons, first_text_columns=3),

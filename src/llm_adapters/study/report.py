@@ -442,8 +442,10 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> di
     write_text_atomic(out / "table.csv", table_csv(summary))
     write_text_atomic(out / "comparisons.csv", comparisons_csv(found))
     write_text_atomic(out / "records.json", records_json(contents.records))
+    confirmed = [c for c in found if c.get("hypothesis")]
     page = render_html(title, table_view(summary), comparison_view(found), [sentence(c) for c in found],
-                       plots, answers(contents), notes=(TABLE_NOTE, COMPARISON_NOTE))
+                       plots, answers(contents), notes=(TABLE_NOTE, COMPARISON_NOTE),
+                       hypotheses=(*hypotheses_view(confirmed), HYPOTHESES_NOTE) if confirmed else None)
     write_text_atomic(out / "report.html", page)
     return {"markdown": text, "folder": str(out), "plots": [str(p) for p in plots], "table": summary,
             "comparisons": found}
