@@ -169,6 +169,19 @@ def test_overwrite_in_a_folder_holding_an_adapter_notes_and_another_evaluation_d
     assert {k: v for k, v in _tree(folder).items() if not k.startswith("mine/")} == before
 
 
+def test_a_users_folder_named_as_a_task_is_not_ours_to_delete(tmp_path: Path) -> None:
+    # Found by review: `--overwrite` with a second task counted the user's `piqa/` (no run.json) as our task folder.
+    model, tokenizer = load_model("tiny-llama")
+    _evaluate(model, tokenizer, tmp_path / "o")
+    (tmp_path / "o" / "piqa").mkdir()
+    (tmp_path / "o" / "piqa" / "notes.txt").write_text("mine")
+    other, _ = load_model("tiny-llama", dtype="bfloat16")  # another identity: the folder is replaced
+    with pytest.raises(OutputExistsError, match=r"entries that are not ours \(piqa\); nothing there is deleted"):
+        evaluate_tasks(other, tokenizer, "boolq,piqa", LLM_ADAPTERS_DATA, tmp_path / "o", limit=1, overwrite=True,
+                       **FAST)
+    assert (tmp_path / "o" / "piqa" / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize("where", ["equal", "inside", "holding"])
 def test_an_output_folder_equal_to_inside_or_holding_the_adapter_is_refused(tmp_path: Path, where: str,
                                                                             capsys) -> None:
