@@ -72,19 +72,22 @@ def read_run(folder: str | Path) -> dict[str, Any] | None:
 
 def foreign_entries(folder: str | Path, outputs: tuple[str, ...] | list[str] = ()) -> list[str]:
     """The entries of `folder` that this project did not write there: everything but `run.json`, the names its
-    `outputs` (and the caller's `outputs`) match, and interrupted atomic writes; inside a listed folder that has
-    a `run.json` of its own, its foreign entries as `sub/entry`. Sorted."""
+    `outputs` match, the names the caller's `outputs` match (a folder among those only with a `run.json` of its
+    own: a user's `piqa/` beside our evaluation is not our task folder), and interrupted atomic writes; inside a
+    matched folder that has a `run.json` of its own, its foreign entries as `sub/entry`. Sorted."""
     folder = Path(folder)
-    saved = read_run(folder) or {}
-    patterns = tuple(saved.get("outputs", ())) + tuple(outputs)
+    recorded = tuple((read_run(folder) or {}).get("outputs", ()))
     found = []
     for entry in sorted(folder.iterdir()):
         if entry.name == RUN_FILE or partial_write(entry):
             continue
-        if not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in patterns):
+        ours = entry.is_dir() and (entry / RUN_FILE).is_file()
+        if any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in recorded) or (
+                (ours or not entry.is_dir()) and any(fnmatch.fnmatchcase(entry.name, p) for p in outputs)):
+            if ours:
+                found += [f"{entry.name}/{name}" for name in foreign_entries(entry)]
+        else:
             found.append(entry.name)
-        elif entry.is_dir() and (entry / RUN_FILE).is_file():
-            found += [f"{entry.name}/{name}" for name in foreign_entries(entry)]
     return found
 
 
