@@ -251,3 +251,42 @@ def test_a_study_runs_ids_follow_the_base_by_content_and_the_precision_asked_for
         next(model.parameters()).add_(1.0)
     model.save_pretrained(tmp_path / "copy")
     assert set(ids(str(tmp_path / "copy"))).isdisjoint(first)  # another model: other runs
+
+
+def test_a_study_runs_ids_follow_the_precision_it_resolves_to_on_the_machine(monkeypatch) -> None:
+    # Found by review: ids held the dtype as written, so bf16 products here and bf16 throughout on a CPU without
+    # bf16 units (or a GPU's bf16) were one run, and shards from such machines merged unchecked.
+    import llm_adapters.models as models
+    from llm_adapters.study import build_study, expand
+
+    def ids(**evaluate: Any) -> list[str]:
+        spec = {"name": "s", "base_model": "tiny-llama", "data": {"builder": "synthetic-arithmetic", "n": 8},
+                "finetune": {"max_steps": 1}, "evaluate": {"tasks": ["gsm8k"], "limit": 2, **evaluate},
+                "grid": {"method": ["lora"], "seed": [1]}}
+        return [run.id for run in expand(build_study(spec))]
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    cpu = ids(dtype="bfloat16")
+    assert ids(dtype="auto") == ids(dtype="float32") != cpu  # auto is fp32 on a CPU: the same runs
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert set(ids(dtype="bfloat16")).isdisjoint(cpu)  # bf16 throughout: other runs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert set(ids(dtype="bfloat16")).isdisjoint(cpu)  # trained and evaluated on a GPU: other runs
+    assert load_config(base_model="tiny-llama", data="d.json", output_dir="o").planned_machine() == {
+        "device": "cuda", "precision": "bf16"}
+
+
+def test_a_hub_models_identity_is_its_commit_before_and_after_the_download(monkeypatch) -> None:
+    # Found by review: {name, revision: None} before the first download, the commit after, so every run planned
+    # on a fresh machine changed id once the model arrived.
+    import huggingface_hub
+
+    from llm_adapters.models import base_identity
+
+    cached: dict[str, str] = {}
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: cached.get(repo))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo, name: cached.setdefault(repo, f"/cache/models--{repo}/snapshots/abc123/{name}"))
+    before = base_identity("org/model")
+    assert before == {"name": "org/model", "revision": "abc123"} == base_identity("org/model")

@@ -233,6 +233,21 @@ def cpu_bf16_products(device: torch.device | str, dtype: str | torch.dtype) -> b
     return device.type == "cpu" and resolve_dtype(dtype, device) == torch.bfloat16 and cpu_has_native_bf16()
 
 
+def planned_precision(device: str = "auto", dtype: str = "auto") -> dict[str, str]:
+    """The precision an evaluation with these settings gets on this machine, before any model loads (a study's
+    run ids): {"device": cpu / cuda / mps, "compute": float32 / bfloat16 / float16 / bf16-products}, as
+    `eval.evaluate.precision_of` then records it from the loaded model. Unknown names are left as written."""
+    device_type = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else \
+        str(device).split(":")[0]
+    try:
+        resolved = resolve_dtype(dtype, torch.device(device_type))
+    except (UserError, RuntimeError):
+        return {"device": device_type, "compute": str(dtype)}
+    if device_type == "cpu" and resolved == torch.bfloat16 and cpu_has_native_bf16():
+        return {"device": device_type, "compute": "bf16-products"}
+    return {"device": device_type, "compute": dtype_name(resolved)}
+
+
 def load_dtype(device: torch.device | str, dtype: str | torch.dtype) -> str | torch.dtype:
     """The dtype to load a model in for evaluation with `dtype` on `device`: fp32 where bf16 runs as bf16 products
     (`cpu_bf16_products`), else `dtype` itself."""
@@ -298,14 +313,19 @@ def _cached_sha256(path: Path) -> str:
 
 
 def _hub_revision(repo_id: str) -> str | None:
-    """The commit of a hub model in the local Hugging Face cache (what `from_pretrained` would load), or None."""
+    """The commit of a hub model that `from_pretrained` would load: the one in the local Hugging Face cache, else
+    the one the hub serves now (its config.json fetched, as loading would), else None (offline and not cached: the
+    model cannot load either). Resolved before a run starts, so a run's identity and a study's run ids are the
+    same before and after the first download."""
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
         found = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # a malformed id, no cache: the identity is then the name alone
+        if not isinstance(found, str):
+            found = hf_hub_download(repo_id, "config.json")
+    except Exception:  # a malformed id, no network and no cache: the identity is then the name alone
         return None
-    return Path(found).parent.name if isinstance(found, str) else None
+    return Path(found).parent.name
 
 
 def prepare_tokenizer(tokenizer: Any, model: torch.nn.Module | None = None) -> None:

@@ -401,13 +401,16 @@ def baseline_run(study: StudySpec) -> Run:
 
 
 def _eval_identity(evaluate: dict[str, Any]) -> dict[str, Any]:
-    """The evaluation settings a run's results depend on, the precision asked for among them (its resolved value
-    is in each evaluation folder's identity, which refuses a mix)."""
+    """The evaluation settings a run's results depend on, with the precision they resolve to on this machine
+    (`models.planned_precision`: `bfloat16` is bf16 products on a CPU with bf16 units, bf16 throughout elsewhere;
+    `auto` is bf16 on a GPU), so that shards run on different machines are different runs, not one mixed."""
     from llm_adapters.eval.config import EvalConfig
+    from llm_adapters.models import planned_precision
 
     settings = configs.build(EvalConfig, evaluate, label="study evaluate").to_dict()
-    return {k: settings[k] for k in ("tasks", "limit", "template", "protocol", "scoring", "rules", "max_new_tokens",
-                                     "loglik_split", "dtype", "device")}
+    identity = {k: settings[k] for k in ("tasks", "limit", "template", "protocol", "scoring", "rules",
+                                         "max_new_tokens", "loglik_split")}
+    return {**identity, "precision": planned_precision(settings["device"], settings["dtype"])}
 
 
 def _base(name_or_path: str) -> dict[str, Any]:
@@ -454,7 +457,7 @@ def expand(study: StudySpec) -> list[Run]:
             except UserError as error:
                 problems.append(f"run {name}: {error}")
                 continue
-            settings = config.identity()
+            settings = {**config.identity(), **config.planned_machine()}  # the precision it trains in here
             settings.pop("adapter")  # as `_spec_identity`: only the fields the method uses
             # The data is not in the id: it is the same for every run of a study, and a study folder refuses
             # other data by content (`fixed`), so a spec whose data file is not here yet still plans.

@@ -127,6 +127,18 @@ class FinetuneConfig:
     def may_change(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in RESUME_MAY_CHANGE}
 
+    def planned_machine(self) -> dict[str, str]:
+        """{"device": cuda / cpu, "precision": what `machine_precision` resolves to here} without raising (a
+        precision this machine cannot run stays as written): part of a run's identity, so that a run started on
+        a CPU is not resumed on a GPU, nor a study's runs trained on both merged as one."""
+        import torch
+
+        try:
+            precision = self.machine_precision()
+        except UserError:
+            precision = self.precision
+        return {"device": "cuda" if torch.cuda.is_available() else "cpu", "precision": precision}
+
     def machine_precision(self) -> str:
         """The precision on this machine (`auto`: bf16 on a CUDA GPU that has it, else fp32; an older GPU trains
         in fp32 too, fp16 needs care), after checking the settings this machine cannot run (before any model

@@ -107,7 +107,7 @@ class FinetuneRun:
         records = read_records(config.data, ("instruction", "output"))  # every record checked before any write
         data = {"path": str(config.data), "sha256": sha256_path(config.data), "records": len(records)}
         precision = config.machine_precision()  # auto resolved; what this machine cannot do fails here
-        identity = {**config.identity(), "precision": precision, "data_sha256": data["sha256"],
+        identity = {**config.identity(), **config.planned_machine(), "data_sha256": data["sha256"],
                     "base_model": base_identity(config.base_model)}
         rundir.check_apart(out, {"base model": config.base_model}, flag="output_dir")
         dist.set_timeout(config.dist_timeout)
