@@ -139,33 +139,89 @@ def test_every_method_of_the_family_trains_under_ddp(tmp_path):
 
 
 _LATE_RANK = """
-import importlib, sys, time
+import importlib, os, sys, time
 evaluate = importlib.import_module("llm_adapters.eval.evaluate")  # (the package exports the function evaluate)
 answer = evaluate._answer_share
-def late(*args, **kwargs):  # rank 1 finishes each task's share long after rank 0
-    answer(*args, **kwargs)
-    if evaluate.dist.rank() == 1:
-        time.sleep(12)
+# LATE: {task: (rank, seconds)}, that rank sleeps that long after answering its share of the task
+LATE = {"apart": {"gsm8k": (1, 12), "boolq": (0, 16)}, "behind": {"gsm8k": (1, 12), "boolq": (1, 12)}}[os.environ["LATE"]]
+def late(model, tokenizer, planned, settings):
+    answer(model, tokenizer, planned, settings)
+    rank, seconds = LATE[planned.data.task.name]
+    if evaluate.dist.rank() == rank:
+        time.sleep(seconds)
 evaluate._answer_share = late
 from llm_adapters.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.shared_data
-def test_a_rank_that_finishes_much_later_than_the_timeout_does_not_fail_a_sharded_evaluation(tmp_path):
-    # A 5-second process-group timeout and a rank 12 seconds late on each of two tasks: processes that met at a
-    # barrier per task would time out; they meet at the start, and the main process waits for the shares' files.
+def _late_launch(tmp_path: Path, late: str) -> subprocess.CompletedProcess:
     script = tmp_path / "late_rank.py"
     script.write_text(_LATE_RANK)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script), *EVAL, "--output-dir", str(tmp_path / "two"), "--dist-timeout", "5"],
-                         env=ENV, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), *EVAL, "--output-dir", str(tmp_path / late), "--dist-timeout", "5"],
+                          env={**ENV, "LATE": late}, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.shared_data
+def test_shares_that_end_far_apart_per_task_do_not_fail_a_sharded_evaluation(tmp_path):
+    # A 5-second process-group timeout, rank 1 12 s late on gsm8k and rank 0 16 s late on boolq: processes that
+    # met at a barrier per task would time out twice; they meet at the start, and at the end, where the main
+    # process finds rank 1's share done.
+    two = _late_launch(tmp_path, "apart")
     assert two.returncode == 0, two.stderr[-3000:]
     assert main([*EVAL, "--output-dir", str(tmp_path / "single")]) == 0
     for task in ("gsm8k", "boolq"):
-        assert _records(tmp_path / "two" / task) == _records(tmp_path / "single" / task)
-    assert not list((tmp_path / "two").glob(".shard*"))
+        assert _records(tmp_path / "apart" / task) == _records(tmp_path / "single" / task)
+    assert not list((tmp_path / "apart").glob(".shard*"))
+
+
+@pytest.mark.shared_data
+def test_a_share_later_than_the_timeout_stops_a_sharded_evaluation_in_one_line(tmp_path):
+    # Rank 1 24 s behind at the end under a 5-second timeout: the main process stops waiting after 5 s.
+    two = _late_launch(tmp_path, "behind")
+    assert two.returncode != 0
+    lines = [line for line in two.stderr.splitlines() if line.startswith("llm-adapters evaluate: error:")]
+    assert len(lines) == 1, two.stderr[-3000:]
+    assert "rank 1 " in lines[0] and ".shard1.done" in lines[0] and str(tmp_path / "behind") in lines[0]
+    assert "--dist-timeout 5 s" in lines[0]
+    assert not (tmp_path / "behind" / "results.md").exists()
+
+
+def test_the_main_process_waits_for_the_shares_at_most_the_timeout_and_names_the_missing_ones(tmp_path, monkeypatch):
+    # A hung rank, or output folders local to each node (rank 2's marker lands on its own disk), left the main
+    # process polling forever. The wait runs in a thread so that a wait without a limit fails here, not hangs.
+    import threading
+
+    from llm_adapters import dist
+    from llm_adapters.errors import WaitTimeoutError
+    from llm_adapters.eval.evaluate import _shard_done, _wait_for_shards
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setattr(dist, "_timeout", 0.5)
+    (tmp_path / ".shard1.done").write_text("done\n")
+    outcome: dict[str, BaseException] = {}
+
+    def wait() -> None:
+        try:
+            _wait_for_shards(tmp_path)
+        except BaseException as error:
+            outcome["error"] = error
+
+    started = time.monotonic()
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive(), "the main process still waits after 30 s with a 0.5 s timeout"
+    assert 0.5 <= time.monotonic() - started < 5
+    error = outcome.get("error")
+    assert isinstance(error, WaitTimeoutError) and isinstance(error, TimeoutError)
+    message = str(error)
+    assert "\n" not in message and "rank 2 " in message and ".shard2.done" in message and ".shard1" not in message
+    assert f"in {tmp_path};" in message and "--dist-timeout 0.5 s" in message and "node-local" in message
+
+    _shard_done(tmp_path, 2).write_text("done\n")  # every marker there: no wait, no error
+    _wait_for_shards(tmp_path)
 
 
 def test_each_process_of_a_launch_gets_its_own_gpu_before_anything_loads(monkeypatch):

@@ -376,6 +376,82 @@ def test_a_held_lease_is_renewed_while_the_run_runs(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / store.RUNNING).exists()
 
 
+def test_a_renewal_that_fails_with_an_io_error_is_retried_and_the_lease_stays_held(tmp_path, monkeypatch, capsys):
+    # One ESTALE from a shared file system killed the renewal thread: the lease went stale under a live run.
+    import errno
+
+    monkeypatch.setattr(store, "RENEW", 0.05)
+    monkeypatch.setattr(store, "STALE", 1.0)
+    write, failures = store.write_json_atomic, []
+
+    def fails_once(path, obj):
+        if not failures:
+            failures.append(path)
+            raise OSError(errno.ESTALE, "Stale file handle")
+        write(path, obj)
+
+    monkeypatch.setattr(store, "write_json_atomic", fails_once)
+    lease = store.Lease(tmp_path / "run")
+    assert lease.claim()
+    time.sleep(1.5)  # longer than STALE: only renewals after the failed one keep the lease fresh
+    assert failures
+    assert time.time() - json.loads((tmp_path / "run" / store.RUNNING).read_text())["renewed"] < 0.5
+    assert lease.held() and store.status(tmp_path / "run") == "running"
+    lines = [line for line in capsys.readouterr().err.splitlines() if "could not renew the lease" in line]
+    assert len(lines) == 1 and "Stale file handle" in lines[0]
+    lease.release()
+
+
+def test_a_lease_no_longer_renewed_for_the_stale_age_is_not_held(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "RENEW", 0.05)
+    monkeypatch.setattr(store, "STALE", 0.3)
+
+    def fails(path, obj):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store, "write_json_atomic", fails)
+    lease = store.Lease(tmp_path / "run")
+    assert lease.claim() and lease.held()
+    time.sleep(0.5)
+    assert not lease.held()  # the file is still its own, but another driver may take the run now
+    lease.release()
+
+
+def test_a_driver_whose_run_was_taken_over_does_not_write_its_result(tmp_path, monkeypatch, capsys):
+    # The driver stalled past the stale age; another took the run over and finished it first. Its result stands.
+    from llm_adapters.study import runner
+
+    study = build_study(_spec(grid={"method": ["lora"], "placement": ["mlp"], "seed": [1]}, exclude=[],
+                              baseline=False))
+    (run,) = expand(study)
+    folder = store.run_folder(tmp_path, run)
+    theirs = {"id": run.id, "by": "the other driver"}
+
+    def taken_over_while_training(study, run, folder, data, progress):
+        _lease(folder, "node-7", age=0)
+        (folder / store.RESULT).write_text(json.dumps(theirs))
+        return {"id": run.id, "by": "this driver"}
+
+    monkeypatch.setattr(runner, "_finetune_and_evaluate", taken_over_while_training)
+    assert runner.execute(study, run, tmp_path, tmp_path / "data.json", progress=False) is None
+    assert json.loads((folder / store.RESULT).read_text()) == theirs
+    assert [e["event"] for e in store.read_index(tmp_path)] == ["started"]
+    assert json.loads((folder / store.RUNNING).read_text())["owner"] == "elsewhere"  # its lease left alone
+    assert "lost its lease" in capsys.readouterr().out
+
+    (folder / store.RESULT).unlink()  # taken over and still running there: this driver's failure is not written
+
+    def taken_over_and_failed(study, run, folder, data, progress):
+        _lease(folder, "node-7", age=0)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(runner, "_finetune_and_evaluate", taken_over_and_failed)
+    (folder / store.RUNNING).unlink()
+    assert runner.execute(study, run, tmp_path, tmp_path / "data.json", progress=False) is None
+    assert not (folder / store.FAILED).exists() and not (folder / store.RESULT).exists()
+    assert store.status(folder) == "running"
+
+
 def test_two_drivers_started_at_once_on_one_store_train_each_run_once(tmp_path):
     spec = _write(tmp_path / "spec.yaml", _spec(grid={"method": ["lora", "series"], "placement": ["mlp"],
                                                      "seed": [1, 2]}, exclude=[]))

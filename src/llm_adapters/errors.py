@@ -17,3 +17,8 @@ class OutputExistsError(UserError, FileExistsError):
 
 class RunMismatchError(UserError):
     """A run folder holds a run with other settings or inputs than the one asked for (each change named)."""
+
+
+class WaitTimeoutError(UserError, TimeoutError):
+    """Processes did not meet within the process-group timeout (`--dist-timeout`): the message names the ones
+    missing and what to check."""

@@ -29,7 +29,7 @@ from llm_adapters import dist, rundir
 from llm_adapters.data.io import TaskData, download_hint, load_task_data, resolve_data_dir
 from llm_adapters.data.tasks import TASKS, Task, resolve_tasks
 from llm_adapters.data.templates import build_prompt, choice_response
-from llm_adapters.errors import MissingInputError
+from llm_adapters.errors import MissingInputError, WaitTimeoutError
 from llm_adapters.eval.config import EvalConfig
 from llm_adapters.eval.extract import RULES, extract_answer, is_correct
 from llm_adapters.eval.decoding import (SPEED_ONLY, DecodeConfig, Generation, batch_invariant, plan_batches,
@@ -285,10 +285,25 @@ def _shard_done(output_dir: Path, rank: int) -> Path:
 
 def _wait_for_shards(output_dir: Path) -> None:
     """The main process waits for every other process's marker: a file, not a collective, so a process that
-    finishes its share hours after the others fails nothing (torchrun stops the job if a process dies)."""
+    finishes its share hours after the others fails nothing (torchrun stops the job if a process dies). It waits
+    at most the process group's timeout (`--dist-timeout`), as at a collective.
+
+    Raises:
+        WaitTimeoutError: a marker is still missing after that: names the ranks and the folder looked in.
+    """
+    limit = dist.timeout()
+    deadline = time.monotonic() + limit
     waiting = [r for r in range(1, dist.world_size()) if not _shard_done(output_dir, r).exists()]
     while waiting:
-        time.sleep(0.5)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            markers = ", ".join(_shard_done(output_dir, r).name for r in waiting)
+            raise WaitTimeoutError(
+                f"process(es) of rank {', '.join(map(str, waiting))} did not finish their share within "
+                f"--dist-timeout {limit:g} s: no {markers} in {output_dir}; every node must write into this one "
+                "folder (a shared file system, not a node-local path), else see those processes' logs (hung or "
+                "slower than the timeout: raise --dist-timeout)")
+        time.sleep(min(0.5, left))
         waiting = [r for r in waiting if not _shard_done(output_dir, r).exists()]
 
 

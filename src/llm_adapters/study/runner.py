@@ -312,7 +312,8 @@ def _training_data(study: StudySpec, out: Path) -> Path:
 def execute(study: StudySpec, run: Run, out: Path, data: Path, progress: bool = True) -> bool | None:
     """Fine-tune and evaluate one run into its folder (the baseline run: evaluate the base model alone); record
     its result (or its failure). True if done, False if failed, None if another driver holds the run's lease
-    (it is running there: skipped)."""
+    (it is running there: skipped), or took it over while this one ran (a lease that went stale: the other
+    driver's outcome is the run's, and this one's is not written)."""
     folder = store.run_folder(out, run)
     if (folder / store.RESULT).exists():
         print(f"[study] run {run.name} ({run.id}) was finished by another driver meanwhile: skipped", flush=True)
@@ -328,14 +329,27 @@ def execute(study: StudySpec, run: Run, out: Path, data: Path, progress: bool = 
             result = _baseline(study, run, folder, progress) if run.is_baseline else \
                 _finetune_and_evaluate(study, run, folder, data, progress)
         except Exception as error:  # any failure of one run is recorded and the study goes on
+            if not _still_held(lease, run):
+                return None
             record_failure(out, run, f"{type(error).__name__}: {error}", traceback.format_exc())
             return False
+        if not _still_held(lease, run):
+            return None
         write_json_atomic(folder / store.RESULT, result)
         (folder / store.FAILED).unlink(missing_ok=True)
         store.record_event(out, "done", run)
         return True
     finally:
         lease.release()
+
+
+def _still_held(lease: store.Lease, run: Run) -> bool:
+    """Whether this driver may write the run's outcome; if not, says so in one line."""
+    if lease.held():
+        return True
+    print(f"[study] run {run.name} ({run.id}) lost its lease (not renewed for {store.STALE:g} s, or taken over by "
+          "another driver): its outcome is not written, the other driver's stands", flush=True)
+    return False
 
 
 def record_failure(out: Path, run: Run, error: str, details: str = "") -> None:

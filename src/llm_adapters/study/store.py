@@ -17,6 +17,7 @@ import datetime as _dt
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -120,7 +121,8 @@ def read_index(out: str | Path) -> list[dict[str, Any]]:
 # A running run holds a lease in its folder (`running.json`): who holds it and when it last renewed it. The holder
 # renews it every RENEW seconds (an atomic rewrite, `Lease`); any driver, on any host of a shared file system,
 # leaves a run whose lease is fresh alone and takes over one whose lease is older than STALE seconds (its holder
-# was killed, or its machine lost). Environment variables set both, for tests and for slow shared file systems.
+# was killed, or its machine lost). A holder writes the run's outcome only while it still holds the lease
+# (`Lease.held`). Environment variables set both, for tests and for slow shared file systems.
 RENEW = float(os.environ.get("LLM_ADAPTERS_LEASE_RENEW", "30"))
 STALE = float(os.environ.get("LLM_ADAPTERS_LEASE_STALE", "600"))
 
@@ -166,13 +168,20 @@ def _alive(pid: int) -> bool:
 
 
 class Lease:
-    """This process's hold on a run: `claim` it, and while held a thread renews it every RENEW seconds; `release`
-    removes it (after result.json or failed.json is written)."""
+    """This process's hold on a run: `claim` it, and while held a thread renews it every RENEW seconds; `held` says
+    whether it still is (check it before writing the run's outcome); `release` removes it (after result.json or
+    failed.json is written).
+
+    A renewal that fails with an I/O error (ESTALE or EIO on a shared file system) is reported in one line on
+    stderr and tried again at the next tick: the lease goes stale only if renewals keep failing for STALE seconds.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.path, self.owner = folder / RUNNING, uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._renewed = 0.0  # when this process last wrote the lease (time.time(), as other hosts compare it)
+        self._lost = False  # the renewal thread found another holder's lease
 
     def _record(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "owner": self.owner, "renewed": time.time(),
@@ -203,10 +212,12 @@ class Lease:
                     return False
                 stale.unlink(missing_ok=True)
                 continue
+            record = self._record()
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump(self._record(), handle)
+                json.dump(record, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
+            self._renewed = record["renewed"]
             self._thread = threading.Thread(target=self._renew, name=f"lease-{self.path.parent.name}",
                                             daemon=True)
             self._thread.start()
@@ -215,18 +226,45 @@ class Lease:
 
     def _renew(self) -> None:
         while not self._stop.wait(RENEW):
-            holder = _read_lease(self.path)
-            if holder is None or holder.get("owner") != self.owner:
-                return  # taken over (this process stalled past STALE): stop renewing another's lease
-            write_json_atomic(self.path, self._record())
+            try:
+                holder = _read_lease(self.path)
+                if holder is None or holder.get("owner") != self.owner:
+                    self._lost = True
+                    return  # taken over (this process stalled past STALE): stop renewing another's lease
+                record = self._record()
+                write_json_atomic(self.path, record)
+                self._renewed = record["renewed"]
+            except OSError as error:  # a transient error of the file system: the next tick tries again
+                print(f"[study] could not renew the lease {self.path} ({type(error).__name__}: {error}); trying "
+                      f"again in {RENEW:g} s (it goes stale {STALE:g} s after the last renewal)", file=sys.stderr,
+                      flush=True)
+
+    def held(self) -> bool:
+        """Whether this process still holds the run: its last renewal is younger than STALE (no other driver may
+        have taken it over) and the lease on disk is still its own. A lease that cannot be read (three tries)
+        counts as lost."""
+        if self._thread is None or self._lost or time.time() - self._renewed >= STALE:
+            return False
+        for _ in range(3):
+            try:
+                holder = _read_lease(self.path)
+            except OSError:
+                time.sleep(min(1.0, RENEW))
+                continue
+            return holder is not None and holder.get("owner") == self.owner
+        return False
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        holder = _read_lease(self.path)
-        if holder is not None and holder.get("owner") == self.owner:
-            self.path.unlink(missing_ok=True)
+        try:
+            holder = _read_lease(self.path)
+            if holder is not None and holder.get("owner") == self.owner:
+                self.path.unlink(missing_ok=True)
+        except OSError as error:  # left in place: it goes stale, and the run's outcome is on disk already
+            print(f"[study] could not remove the lease {self.path} ({type(error).__name__}: {error})",
+                  file=sys.stderr, flush=True)
 
 
 def result_paths(out: str | Path) -> list[Path]:
