@@ -314,6 +314,29 @@ def test_a_run_killed_for_memory_resumes_with_a_smaller_micro_batch(tmp_path, da
     assert manifest["config"]["micro_batch_size"] == 1 and manifest["training"]["accumulation"] == 4
 
 
+@pytest.mark.skipif(not __import__("llm_adapters.models").models.cpu_has_native_bf16(),
+                    reason="this CPU has no bf16 units")
+def test_a_bf16_run_trains_under_bf16_autocast_and_keeps_its_micro_batch_size(tmp_path, data_file, monkeypatch):
+    # Found by review: nothing ran `finetune` with precision bf16 end to end (autocast off went unnoticed), and
+    # a bf16 run resumed with another micro-batch size although 16-bit sums then round differently.
+    seen = set()
+    forward = torch.nn.Linear.forward
+
+    def spy(self, x):  # every product of a training step (the frozen base layers and the adapter's)
+        if torch.is_grad_enabled():
+            seen.add((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", spy)
+    out = finetune(_run(tmp_path, data_file, precision="bf16", micro_batch_size=2, max_steps=2, save_steps=1))
+    assert seen == {(True, torch.bfloat16)}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["precision"] == "bf16"
+    assert {t.dtype for t in load_file(out / "adapter_model.safetensors").values()} == {torch.float32}
+    with pytest.raises(RunMismatchError, match=r"micro_batch_size: 2 -> 1"):
+        finetune(_run(tmp_path, data_file, precision="bf16", micro_batch_size=1, max_steps=2, save_steps=1))
+
+
 @pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].acts_on_input])
 def test_finetune_trains_prompt_learning_methods(tmp_path, data_file, method):
     out = finetune(_run(tmp_path, data_file, adapter={"method": method, "num_virtual_tokens": 3}, max_steps=2))

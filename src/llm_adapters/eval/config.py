@@ -38,8 +38,9 @@ class EvalConfig:
                 "call); default 32 fast, 1 original"})
     draft_tokens: int = field(default=DRAFT_TOKENS, metadata={
         "help": "greedy decoding: the most tokens a prompt drafts from its own text (question and answer so far) for "
-                "one step to verify (prompt-lookup decoding); the answers are those of one token a step, 0 decodes "
-                "one token a step"})
+                "one step to verify (prompt-lookup decoding); where answers are batch-invariant (fp32 on the CPU) they "
+                "are those of one token a step, elsewhere drafts are part of the folder's identity; 0 decodes one "
+                "token a step"})
     template: str | None = field(default=None, metadata={
         "help": "prompt template: original (the original evaluation prompt, byte for byte), alpaca, chat (default: the "
                 "template the adapter was trained with, from its manifest.json; else original)"})

@@ -61,8 +61,9 @@ class DecodeConfig:
         use_cache: keep the KV cache (False reproduces the original math script's cost, not its results).
         stop_rules: stop a row once its answer is complete (greedy only).
         draft_tokens: the most tokens a row drafts from its own text for one step to verify (prompt-lookup
-            decoding, greedy with the KV cache only); 0 decodes one token a step. The tokens are the same
-            either way: only the number of steps changes.
+            decoding, greedy with the KV cache only); 0 decodes one token a step. Where answers are
+            batch-invariant (`batch_invariant`) the tokens are the same either way: only the number of steps
+            changes.
     """
 
     protocol: Protocol = "fast"

@@ -2,7 +2,8 @@
 
 A finished question's slot goes at once to the next one (its own prefill, positions and cache row in
 `kvcache.SlotCache`), and a step may verify tokens each question drafts from its own text (prompt-lookup
-decoding, `_Row.draft`). Each question gets exactly the tokens `generate` gives it alone (tested). Generation runs
+decoding, `_Row.draft`). In fp32 on the CPU each question gets exactly the tokens `generate` gives it alone
+(tested; elsewhere see `decoding.batch_invariant`). Generation runs
 a CPU model's Linear layers through oneDNN with packed weights (`packed.packed_linears`).
 """
 from __future__ import annotations

@@ -24,8 +24,9 @@ BATCHING = ("length", "packed", "padded")
 REPORT_TO = ("none", "tensorboard", "wandb")
 # Settings that may change between a killed run and its resumption (the new value wins): they change how the run
 # is watched or how much memory a step takes, not what it computes (micro_batch_size: the sampler forms global
-# batches of batch_size whatever the micro-batches, so a run killed for memory resumes with a smaller one). Every
-# other setting is part of the run's identity (rundir.py).
+# batches of batch_size whatever the micro-batches, so a run killed for memory resumes with a smaller one; in fp32
+# only, `planned_machine` keeps it in a 16-bit run's identity). Every other setting is part of the run's identity
+# (rundir.py).
 RESUME_MAY_CHANGE = ("overwrite", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints", "progress",
                      "report_to", "deepspeed", "micro_batch_size", "dist_timeout")
 # Inputs named by path in the config but identified by content: data by its sha256, the base model by
@@ -127,17 +128,25 @@ class FinetuneConfig:
     def may_change(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in RESUME_MAY_CHANGE}
 
-    def planned_machine(self) -> dict[str, str]:
+    def planned_machine(self) -> dict[str, Any]:
         """{"device": cuda / cpu, "precision": what `machine_precision` resolves to here} without raising (a
         precision this machine cannot run stays as written): part of a run's identity, so that a run started on
-        a CPU is not resumed on a GPU, nor a study's runs trained on both merged as one."""
+        a CPU is not resumed on a GPU, nor a study's runs trained on both merged as one. In bf16 or fp16 also the
+        micro-batch size and the process count: 16-bit sums of other micro-batches round differently (a
+        tiny-llama LoRA ends 1e-2 apart between micro-batch 4 and 2 in bf16, 1.6e-6 in fp32), so only an fp32
+        run may resume with another micro-batch size (RESUME_MAY_CHANGE)."""
         import torch
+
+        from llm_adapters import dist
 
         try:
             precision = self.machine_precision()
         except UserError:
             precision = self.precision
-        return {"device": "cuda" if torch.cuda.is_available() else "cpu", "precision": precision}
+        machine: dict[str, Any] = {"device": "cuda" if torch.cuda.is_available() else "cpu", "precision": precision}
+        if precision != "fp32":
+            machine.update(micro_batch_size=self.micro_batch_size, processes=dist.world_size())
+        return machine
 
     def machine_precision(self) -> str:
         """The precision on this machine (`auto`: bf16 on a CUDA GPU that has it, else fp32; an older GPU trains
