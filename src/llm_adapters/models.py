@@ -277,11 +277,15 @@ def base_identity(name_or_path: str) -> dict[str, Any]:
 
 def same_base(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
     """Whether two base identities name the same model. Identities written before content-only identities held a
-    folder's path and a built-in's package version: those keys are left out of the comparison."""
+    folder's path and a built-in's package version: those keys are left out of the comparison, and such a
+    built-in (`{name, package, version}`, no sum) matches the built-in of that name."""
     def content(identity: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in identity.items() if k not in ("path", "version", "package", "built_by")}
 
-    return content(recorded) == content(current)
+    old, new = content(recorded), content(current)
+    if "package" in recorded and set(old) == {"name"} and new.get("name") in {EMBEDDED, *_TINY, *_PRESETS}:
+        return old["name"] == new["name"]
+    return old == new
 
 
 def _folder_sha256(folder: Path) -> str:

@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import torch
 
+from llm_adapters.errors import UserError
+
 _plain_depth = 0  # > 0 inside `plain_linears`: packed layers take F.linear
 _ROWS_HINT = 32  # rows a product usually has in a decoding step: the layout oneDNN picks for the weights
 _MEMORY_SHARE = 4  # the packed copies may take at most this fraction (1/4) of the free memory
@@ -137,7 +139,8 @@ def _bf16_forward(module: torch.nn.Linear, head: bool) -> Any:
         now = parameters.get("weight")
         if state["packed"] is None or now is not state.get("weight") or now._version != state["version"]:
             rounded = now.detach().to(_BF16)
-            state.update(weight=now, version=now._version, rounded=rounded,
+            # the plain bf16 copy only where `_refine_top` reads it (the head): elsewhere the packed one alone
+            state.update(weight=now, version=now._version, rounded=rounded if head else None,
                          packed=torch.ops.mkldnn._reorder_linear_weight(rounded, _ROWS_HINT))
         return state["packed"], state["rounded"]
 
@@ -187,17 +190,24 @@ def bf16_supported() -> bool:
 def bf16_products(model: Any) -> Iterator[int]:
     """Within the block, every fp32 CPU `nn.Linear` of `model` multiplies in bf16 with fp32 sums (its input and
     weight rounded to bf16, the bias added in fp32), the rest of the model staying fp32; yields how many layers
-    do. The weights are packed once in bf16 (half the fp32 weights' memory); a weight changed or replaced inside
-    the block is packed again. Products are the same with gradients on (through `F.linear` on bf16 copies).
+    do. The weights are packed once in bf16 (half the fp32 weights' memory, the output layer's twice); a weight
+    changed or replaced inside the block is packed again. Products are the same with gradients on (through `F.linear` on bf16 copies).
     `packed_linears` inside the block leaves these layers as they are.
 
     Raises:
         RuntimeError: oneDNN has no bf16 products here (check `bf16_supported()` first).
+        UserError: the bf16 copies would not fit in the free memory.
     """
     if not bf16_supported():
         raise RuntimeError("oneDNN bf16 products are not available in this torch build or on this CPU")
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     modules = [m for m in model.modules() if _packable(m)]
+    # bf16 copies: half the fp32 weights, the head twice (packed, and plain for `_refine_top`)
+    size = sum(m.weight.numel() * (4 if m is head else 2) for m in modules)
+    free = _free_memory()
+    if free is not None and size > free:
+        raise UserError(f"bf16 products need {size / 2 ** 30:.1f} GiB for bf16 copies of the weights and "
+                        f"{free / 2 ** 30:.1f} GiB is free; use --dtype float32 (no copies) or free memory")
     try:
         for module in modules:
             module.forward = _bf16_forward(module, head=module is head)
