@@ -301,6 +301,7 @@ def test_ray_resources_ask_for_a_gpu_where_the_cluster_has_them_and_the_spec_is_
     ({"gpu": 1}, "resources.gpu: unknown; accepted: cpus, gpus"),
     ({"gpus": "one"}, "resources.gpus must be a number >= 0, got 'one'"),
     ({"cpus": 0}, "resources.cpus must be a number > 0, got 0"),
+    ({"gpus": 2}, "resources.gpus 2: a study run is one process on one GPU, so more would sit idle; accepted: 0 to 1"),
     ([1], "resources must be a mapping such as {gpus: 1, cpus: 8}, got [1]"),
 ])
 def test_bad_resources_are_one_line_naming_the_key(resources, message):

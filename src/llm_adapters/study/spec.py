@@ -333,7 +333,8 @@ def _task_names(tasks: set[str]) -> set[str]:
 
 
 def _resources_problems(resources: Any) -> list[str]:
-    """What is wrong with a spec's `resources` (each run's Ray task): cpus > 0, gpus >= 0 (fractions share a GPU)."""
+    """What is wrong with a spec's `resources` (each run's Ray task): cpus > 0, 0 <= gpus <= 1 (one process
+    a run; fractions share a GPU)."""
     if not isinstance(resources, dict):
         return [f"resources must be a mapping such as {{gpus: 1, cpus: 8}}, got {resources!r}"]
     problems = [f"resources.{key}: unknown; accepted: cpus, gpus" for key in resources if key not in ("cpus", "gpus")]
@@ -342,6 +343,9 @@ def _resources_problems(resources: Any) -> list[str]:
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
                                   or not math.isfinite(value) or value < low or (key == "cpus" and value == 0)):
             problems.append(f"resources.{key} must be a number {'> 0' if key == 'cpus' else '>= 0'}, got {value!r}")
+        elif key == "gpus" and value is not None and value > 1:
+            problems.append(f"resources.gpus {value!r}: a study run is one process on one GPU, so more would sit "
+                            "idle; accepted: 0 to 1 (a fraction shares a GPU between runs)")
     return problems
 
 
