@@ -449,3 +449,14 @@ def test_cli_internal_errors_keep_their_traceback_and_debug_shows_user_errors(mo
         main(["evaluate", "--base-model", "tiny-llama", "--tasks", "boolq"])
     with pytest.raises(ValueError, match="unknown task 'gsm9k'"):
         main(["--debug", "evaluate", "--base-model", "tiny-llama", "--tasks", "gsm9k"])
+
+
+def test_a_prompt_past_a_models_learned_positions_is_one_line(tmp_path: Path, capsys) -> None:
+    # Found by review: tiny-opt (512 learned positions) on PIQA ended in an IndexError inside OPT's embedding.
+    code = main(["evaluate", "--base-model", "tiny-opt", "--tasks", "piqa", "--limit", "2", "--data-dir",
+                 str(LLM_ADAPTERS_DATA), "--output-dir", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "task piqa: question 0's prompt is 705 tokens and up to 32 more follow, past the model's 512 positions" in err
+    predictions = tmp_path / "o" / "piqa" / "predictions.jsonl"
+    assert not predictions.exists() or not predictions.read_text()  # nothing answered

@@ -29,7 +29,7 @@ from llm_adapters import dist, rundir
 from llm_adapters.data.io import TaskData, download_hint, load_task_data, resolve_data_dir
 from llm_adapters.data.tasks import TASKS, Task, resolve_tasks
 from llm_adapters.data.templates import build_prompt, choice_response
-from llm_adapters.errors import MissingInputError, WaitTimeoutError
+from llm_adapters.errors import MissingInputError, UserError, WaitTimeoutError
 from llm_adapters.eval.config import EvalConfig
 from llm_adapters.eval.extract import RULES, extract_answer, is_correct
 from llm_adapters.eval.decoding import (SPEED_ONLY, DecodeConfig, Generation, batch_invariant, plan_batches,
@@ -252,11 +252,32 @@ def _answer_share(model: Any, tokenizer: Any, planned: _TaskPlan, settings: _Set
     mine = log if dist.world_size() == 1 else PredictionLog(planned.folder / f"predictions.rank{dist.rank()}.jsonl")
     prompts = {i: build_prompt(records[i]["instruction"], records[i].get("input", ""), template=settings.template,
                                tokenizer=tokenizer) for i in pending}
+    _check_positions(model, tokenizer, task, prompts, settings)
     with tqdm(total=n, initial=n - len(todo), desc=task.name, unit="ex",
               disable=not config.progress or not dist.is_main()) as bar:
         for indices, generations, seconds in _chunks(model, tokenizer, task, pending, prompts, settings):
             mine.append(_score(model, tokenizer, task, records, indices, prompts, generations, seconds, settings))
             bar.update(len(indices) * dist.world_size())
+
+
+def _check_positions(model: Any, tokenizer: Any, task: Task, prompts: dict[int, str], settings: _Settings) -> None:
+    """Refuse, in one line, a question whose prompt and answer would run past the model's positions (a model with
+    learned or tabled positions, OPT, GPT-2, GPT-J, fails there with an IndexError deep inside; rotary models
+    (a `rope_parameters` config) read past theirs and are left to it)."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or getattr(config, "rope_parameters", None) is not None or not prompts:
+        return
+    # the answer: the generation budget, or the longest label's continuation (a few tokens: 16 covers them)
+    answer = (settings.decode.max_new_tokens or task.max_new_tokens) if _generates(task, settings.config.scoring) \
+        else 16
+    indices = list(prompts)
+    lengths = prompt_lengths(tokenizer, [prompts[i] for i in indices], settings.template)
+    longest = max(range(len(indices)), key=lengths.__getitem__)
+    if lengths[longest] + answer > limit:
+        raise UserError(f"task {task.name}: question {indices[longest]}'s prompt is {lengths[longest]} tokens and "
+                        f"up to {answer} more follow, past the model's {limit} positions (max_position_embeddings); "
+                        "use a model with more positions, or --max-new-tokens to shorten generated answers")
 
 
 def _finish_task(model: Any, tokenizer: Any, planned: _TaskPlan, settings: _Settings, model_record: dict[str, Any],
