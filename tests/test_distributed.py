@@ -389,3 +389,37 @@ def test_the_gpu_check_runs_its_checks_and_stops_in_one_line_without_cuda(tmp_pa
     for method in METHODS:
         assert f"| {method}: fine-tune 4 steps (fp32), evaluate (cpu, float32) | ok: accuracy" in report
     assert "4/4 answers identical alone" in report and "| 4-bit base" in report
+
+
+def test_the_main_process_waits_past_the_timeout_for_a_share_still_answering(tmp_path, monkeypatch):
+    # A process that keeps appending answers is alive: the main process waits for it however long it takes, and
+    # gives up only after a timeout's worth of silence.
+    import threading
+
+    from llm_adapters import dist
+    from llm_adapters.errors import WaitTimeoutError
+    from llm_adapters.eval.evaluate import _shard_done, _wait_for_shards
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "_timeout", 1.0)
+    part = tmp_path / "gsm8k" / "predictions.rank1.jsonl"
+    part.parent.mkdir()
+
+    def answer_slowly() -> None:  # an answer every 0.4 s for 3 s, then the marker
+        for k in range(8):
+            with part.open("a") as out:
+                out.write(f'{{"index": {k}}}\n')
+            time.sleep(0.4)
+        _shard_done(tmp_path, 1).write_text("done\n")
+
+    writer = threading.Thread(target=answer_slowly, daemon=True)
+    started = time.monotonic()
+    writer.start()
+    _wait_for_shards(tmp_path)  # no error: 3 s of waiting under a 1 s timeout, never 1 s without an answer
+    assert time.monotonic() - started >= 3
+    writer.join()
+    _shard_done(tmp_path, 1).unlink()
+    started = time.monotonic()
+    with pytest.raises(WaitTimeoutError, match="answered nothing for --dist-timeout 1 s"):
+        _wait_for_shards(tmp_path)  # the same share, silent now
+    assert time.monotonic() - started < 5

@@ -73,8 +73,8 @@ class EvalConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "let the checkpoint run its own Python code"})
     dist_timeout: int = field(default=4 * 3600, metadata={
         "help": "seconds a process waits for the others under several processes before it fails (torch's default "
-                "is 10 minutes with NCCL); a sharded evaluation meets only at its start and its end (where the main process "
-                "waits this long for the others' shares)"})
+                "is 10 minutes with NCCL); a sharded evaluation meets only at its start and its end, where the main process "
+                "waits for the others' shares as long as they keep answering, and this long after their last answer"})
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str):

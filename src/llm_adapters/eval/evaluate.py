@@ -306,26 +306,43 @@ def _shard_done(output_dir: Path, rank: int) -> Path:
 
 def _wait_for_shards(output_dir: Path) -> None:
     """The main process waits for every other process's marker: a file, not a collective, so a process that
-    finishes its share hours after the others fails nothing (torchrun stops the job if a process dies). It waits
-    at most the process group's timeout (`--dist-timeout`), as at a collective.
+    finishes its share hours after the others fails nothing while it is answering (torchrun stops the job if a
+    process dies). It gives up when the missing processes have appended no answer to their predictions files
+    for the process group's timeout (`--dist-timeout`), as a collective would: a hung process, or a node that
+    writes into a folder of its own.
 
     Raises:
-        WaitTimeoutError: a marker is still missing after that: names the ranks and the folder looked in.
+        WaitTimeoutError: a marker still missing with no progress for that long: names the ranks and the folder.
     """
     limit = dist.timeout()
-    deadline = time.monotonic() + limit
+
+    def progress(ranks: list[int]) -> list[tuple[str, int, int]]:
+        found = []
+        for r in ranks:
+            for part in output_dir.glob(f"*/predictions.rank{r}.jsonl"):
+                try:
+                    stat = part.stat()
+                except FileNotFoundError:
+                    continue
+                found.append((str(part), stat.st_size, stat.st_mtime_ns))
+        return sorted(found)
+
     waiting = [r for r in range(1, dist.world_size()) if not _shard_done(output_dir, r).exists()]
+    seen, deadline = progress(waiting), time.monotonic() + limit
     while waiting:
         left = deadline - time.monotonic()
         if left <= 0:
             markers = ", ".join(_shard_done(output_dir, r).name for r in waiting)
             raise WaitTimeoutError(
-                f"process(es) of rank {', '.join(map(str, waiting))} did not finish their share within "
-                f"--dist-timeout {limit:g} s: no {markers} in {output_dir}; every node must write into this one "
-                "folder (a shared file system, not a node-local path), else see those processes' logs (hung or "
-                "slower than the timeout: raise --dist-timeout)")
+                f"process(es) of rank {', '.join(map(str, waiting))} did not finish their share and answered "
+                f"nothing for --dist-timeout {limit:g} s: no {markers} in {output_dir}; every node must write into "
+                "this one folder (a shared file system, not a node-local path), else see those processes' logs "
+                "(hung, or slower than the timeout between two answers: raise --dist-timeout)")
         time.sleep(min(0.5, left))
         waiting = [r for r in waiting if not _shard_done(output_dir, r).exists()]
+        now = progress(waiting)
+        if now != seen:  # a missing process answered more: it is alive
+            seen, deadline = now, time.monotonic() + limit
 
 
 def _merge_parts(log: PredictionLog) -> dict[int, dict[str, Any]]:
