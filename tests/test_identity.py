@@ -274,7 +274,7 @@ def test_a_study_runs_ids_follow_the_precision_it_resolves_to_on_the_machine(mon
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert set(ids(dtype="bfloat16")).isdisjoint(cpu)  # trained and evaluated on a GPU: other runs
     assert load_config(base_model="tiny-llama", data="d.json", output_dir="o").planned_machine() == {
-        "device": "cuda", "precision": "bf16"}
+        "device": "cuda", "precision": "bf16", "micro_batch_size": 4, "processes": 1}  # 16-bit: the split too
 
 
 def test_a_hub_models_identity_is_its_commit_before_and_after_the_download(monkeypatch) -> None:

@@ -378,7 +378,7 @@ def test_finetune_finished_run_is_kept_refused_when_changed_and_redone_with_over
 def test_finetune_unfinished_run_with_other_settings_names_the_key(tmp_path, data_file):
     out = tmp_path / "out"
     config = _run(tmp_path, data_file)
-    identity = {**config.identity(), "learning_rate": 0.5, "precision": "fp32", "data_sha256": "x",
+    identity = {**config.identity(), "learning_rate": 0.5, "device": "cpu", "precision": "fp32", "data_sha256": "x",
                 "base_model": base_identity("tiny-llama")}
     rundir.begin(out, rundir.Plan("fresh"), identity, kind="finetune")
     with pytest.raises(RunMismatchError, match=r"holds results of another run with other settings or inputs "
