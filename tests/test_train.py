@@ -533,3 +533,17 @@ def test_finetune_saves_pissa_and_olora_as_a_lora_that_loads_onto_the_untouched_
     with torch.no_grad():
         torch.testing.assert_close(converted(**batch).logits, trained(**batch).logits, rtol=0, atol=2e-4)
         assert not torch.allclose(converted(**batch).logits, load_model("tiny-llama")[0](**batch).logits, atol=1e-3)
+
+
+def test_a_run_written_before_the_device_was_in_its_identity_still_resumes(tmp_path, data_file):
+    # Found by review: the identity gained `device`, so every earlier folder was refused as "device: None -> cpu".
+    config = _run(tmp_path, data_file, max_steps=2, save_steps=1)
+    out = finetune(config)
+    saved = json.loads((out / "run.json").read_text())
+    del saved["identity"]["device"]
+    (out / "run.json").write_text(json.dumps(saved))
+    assert finetune(config) == out  # found finished, as before; nothing refused
+    saved["identity"]["device"] = "cuda"  # a recorded device that differs is still refused
+    (out / "run.json").write_text(json.dumps(saved))
+    with pytest.raises(RunMismatchError, match=r"device: 'cuda' -> 'cpu'"):
+        finetune(config)

@@ -43,6 +43,11 @@ class Plan:
     changed: tuple[str, ...] = ()  # settings that may change and did: "key: old -> new" (the new value wins)
 
 
+# Identity keys added after folders were first written (the fine-tune's device and, in 16-bit, its split): a
+# folder without them resumes as before instead of being refused for a key it could not have recorded.
+ADDED_KEYS = ("device", "micro_batch_size", "processes")
+
+
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     """'key: old -> new' for each leaf that differs between two JSON-like values (nested keys joined by '.')."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -131,7 +136,9 @@ def plan(folder: str | Path, identity: dict[str, Any], *, kind: str, outputs: tu
         held, wanted = (_KINDS.get(k, k) for k in (saved["kind"], kind))
         raise OutputExistsError(f"{what} {folder} holds {_article(held)} {held}, not {_article(wanted)} {wanted}; it "
                                 f"is never replaced, even with --overwrite: choose another {flag}")
-    changed = differences(saved["identity"], identity)
+    # keys this version added to the identity, absent from a folder an earlier version wrote, are not compared
+    recorded = saved["identity"]
+    changed = differences(recorded, {k: v for k, v in identity.items() if k in recorded or k not in ADDED_KEYS})
     if changed and not overwrite:
         state = "a finished run" if finished and (folder / finished).exists() else "results of another run"
         raise RunMismatchError(f"{what} {folder} holds {state} with other settings or inputs "
