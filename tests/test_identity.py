@@ -292,6 +292,26 @@ def test_a_hub_models_identity_is_its_commit_before_and_after_the_download(monke
     assert before == {"name": "org/model", "revision": "abc123"} == base_identity("org/model")
 
 
+def test_an_unreachable_hub_is_asked_once_per_process_not_once_per_planned_run(monkeypatch) -> None:
+    # Found by review: offline with no cache, every run a study planned on a hub model waited out the hub's timeout.
+    import huggingface_hub
+
+    from llm_adapters import models
+
+    asked = []
+
+    def offline(repo, name):
+        asked.append(repo)
+        raise OSError("no network")
+
+    monkeypatch.setattr(models, "_UNRESOLVED", set())
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    identities = [models.base_identity("org/offline") for _ in range(5)] + [models.base_identity("org/other")]
+    assert identities[:5] == [{"name": "org/offline", "revision": None}] * 5
+    assert asked == ["org/offline", "org/other"]
+
+
 def test_identities_written_before_content_identities_still_match_their_built_in() -> None:
     # Found by review: an adapter trained on SmolLM2 before identities were by content recorded {name, package,
     # version} and was refused as "trained on another base".

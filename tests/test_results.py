@@ -1,6 +1,7 @@
 """The committed study results recompute from their own records: every task cell of `table.csv` and every
 comparison of `comparisons.csv` (difference, SE, p, Holm p, the counts) from the per-question outcomes in
-`records.json`, with the by-hand formulas of test_study_statistics (not the report's functions)."""
+`records.json`, with the by-hand formulas of test_study_statistics; and both files, byte for byte, with the report's
+own functions on `records.json` and the committed spec's hypotheses."""
 from __future__ import annotations
 
 import csv
@@ -9,10 +10,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import yaml
 
+from llm_adapters.study import report
+from llm_adapters.study.records import from_json
 from test_study_statistics import expected_cell, expected_difference
 
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results"
 FOLDERS = sorted(p for p in RESULTS.iterdir() if (p / "records.json").is_file()) if RESULTS.is_dir() else []
 
 
@@ -62,3 +67,18 @@ def test_every_comparison_recomputes_from_the_records_with_holm_over_its_family(
     for family in families.values():
         for row, adjusted in zip(family, _holm([float(r["p"]) for r in family])):
             assert float(row["p_holm"]) == pytest.approx(adjusted, abs=1e-6)
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_the_report_functions_rewrite_table_and_comparisons_from_the_records_alone(folder: Path) -> None:
+    records = from_json((folder / "records.json").read_text())
+    hypotheses = {}
+    for study in dict.fromkeys(r["study"] for r in records):
+        spec = yaml.safe_load((ROOT / "configs" / "studies" / f"{study}.yaml").read_text())
+        if spec.get("hypotheses"):
+            hypotheses[study] = spec["hypotheses"]
+    summary = report.table(records)
+    found = report.comparisons(records, summary, hypotheses)
+    assert report.table_csv(summary) == (folder / "table.csv").read_text()
+    assert report.comparisons_csv(found) == (folder / "comparisons.csv").read_text()
+    assert sum(1 for c in found if c.get("hypothesis")) == sum(len(h) for h in hypotheses.values())

@@ -316,11 +316,17 @@ def _cached_sha256(path: Path) -> str:
     return cache[key]
 
 
+_UNRESOLVED: set[str] = set()  # hub ids this process could not resolve: asked once, not once per planned run
+
+
 def _hub_revision(repo_id: str) -> str | None:
     """The commit of a hub model that `from_pretrained` would load: the one in the local Hugging Face cache, else
     the one the hub serves now (its config.json fetched, as loading would), else None (offline and not cached: the
     model cannot load either). Resolved before a run starts, so a run's identity and a study's run ids are the
-    same before and after the first download."""
+    same before and after the first download. An id that failed is not asked again in this process: offline, each
+    attempt waits out the hub's timeout, and a study plans every run on the same model."""
+    if repo_id in _UNRESOLVED:
+        return None
     try:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
@@ -328,6 +334,7 @@ def _hub_revision(repo_id: str) -> str | None:
         if not isinstance(found, str):
             found = hf_hub_download(repo_id, "config.json")
     except Exception:  # a malformed id, no network and no cache: the identity is then the name alone
+        _UNRESOLVED.add(repo_id)
         return None
     return Path(found).parent.name
 
