@@ -282,9 +282,11 @@ def test_a_hub_models_identity_is_its_commit_before_and_after_the_download(monke
     # on a fresh machine changed id once the model arrived.
     import huggingface_hub
 
+    from llm_adapters import models
     from llm_adapters.models import base_identity
 
     cached: dict[str, str] = {}
+    monkeypatch.setattr(models, "_UNREACHED", {})
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: cached.get(repo))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
                         lambda repo, name: cached.setdefault(repo, f"/cache/models--{repo}/snapshots/abc123/{name}"))
@@ -292,24 +294,30 @@ def test_a_hub_models_identity_is_its_commit_before_and_after_the_download(monke
     assert before == {"name": "org/model", "revision": "abc123"} == base_identity("org/model")
 
 
-def test_an_unreachable_hub_is_asked_once_per_process_not_once_per_planned_run(monkeypatch) -> None:
+def test_an_unreachable_hub_is_asked_once_a_minute_per_model_and_the_local_cache_always(monkeypatch) -> None:
     # Found by review: offline with no cache, every run a study planned on a hub model waited out the hub's timeout.
     import huggingface_hub
 
     from llm_adapters import models
 
-    asked = []
+    asked, cached, now = [], {}, [1000.0]
 
     def offline(repo, name):
         asked.append(repo)
         raise OSError("no network")
 
-    monkeypatch.setattr(models, "_UNRESOLVED", set())
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+    monkeypatch.setattr(models, "_UNREACHED", {})
+    monkeypatch.setattr(models.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: cached.get(repo))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     identities = [models.base_identity("org/offline") for _ in range(5)] + [models.base_identity("org/other")]
     assert identities[:5] == [{"name": "org/offline", "revision": None}] * 5
     assert asked == ["org/offline", "org/other"]
+    cached["org/offline"] = "/cache/models--org--offline/snapshots/abc123/config.json"  # it arrived meanwhile
+    assert models.base_identity("org/offline") == {"name": "org/offline", "revision": "abc123"}
+    now[0] += 61  # a minute on, the hub is asked again
+    models.base_identity("org/other")
+    assert asked == ["org/offline", "org/other", "org/other"]
 
 
 def test_identities_written_before_content_identities_still_match_their_built_in() -> None:

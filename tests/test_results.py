@@ -5,7 +5,10 @@ own functions on `records.json` and the committed spec's hypotheses."""
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import yaml
 
 from llm_adapters.study import report
 from llm_adapters.study.records import from_json
-from test_study_statistics import expected_cell, expected_difference
+from test_study_statistics import T975, expected_cell, expected_difference, mean, sample_var
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -40,45 +43,101 @@ def _holm(ps: list[float]) -> list[float]:
     return adjusted
 
 
+def expected_average(by_task: dict[str, list[list[int]]]) -> tuple[float, float, float]:
+    """Definition 2 by hand: the mean over tasks of each seed's accuracy, the question noise of every task
+    (binomial, at the task's mean over seeds) and Student's t over the seeds' averages."""
+    tasks, k = list(by_task), len(next(iter(by_task.values())))
+    per_seed = [mean([mean(by_task[t][s]) for t in tasks]) for s in range(k)]
+    m = mean(per_seed)
+    p = {t: mean([mean(seed) for seed in by_task[t]]) for t in tasks}
+    h_q = 1.959964 * math.sqrt(sum(p[t] * (1 - p[t]) / len(by_task[t][0]) for t in tasks)) / len(tasks)
+    h_s = T975[k - 1] * math.sqrt(sample_var(per_seed) / k) if k > 1 else 0.0
+    return m, max(0.0, m - math.hypot(h_q, h_s)), min(1.0, m + math.hypot(h_q, h_s))
+
+
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
-def test_every_task_cell_recomputes_from_the_records(folder: Path) -> None:
+def test_every_cell_and_average_recomputes_from_the_records(folder: Path) -> None:
     outcomes = _outcomes(folder)
-    rows = [r for r in csv.DictReader((folder / "table.csv").open()) if r["column"] != "average"]
-    assert rows
+    rows = list(csv.DictReader((folder / "table.csv").open()))
+    assert {r["column"] for r in rows} > {"average"}
     for row in rows:
-        m, low, high = expected_cell(outcomes[row["configuration"]][row["column"]])
+        by_task = outcomes[row["configuration"]]
+        m, low, high = expected_average(by_task) if row["column"] == "average" else expected_cell(
+            by_task[row["column"]])
         assert (float(row["mean"]), float(row["ci95_low"]), float(row["ci95_high"])) == pytest.approx(
-            (m, low, high), rel=1e-6), (row["configuration"], row["column"])  # z to 7 digits here
+            (m, low, high), abs=1e-6), (row["configuration"], row["column"])  # z and t to 5-7 digits here
+
+
+def _confirmatory_column(scope: str) -> str | None:
+    """The column of a pre-registered hypothesis's row ("confirmatory H1 (average)"), None for the others."""
+    found = re.fullmatch(r"(?:.*: )?confirmatory \S+ \((.+)\)", scope)
+    return found.group(1) if found else None
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
 def test_every_comparison_recomputes_from_the_records_with_holm_over_its_family(folder: Path) -> None:
+    # Two families: the pre-registered hypotheses (an untested one counts with p = 1), and every other comparison.
     outcomes = _outcomes(folder)
     rows = list(csv.DictReader((folder / "comparisons.csv").open()))
-    families: dict[bool, list[dict[str, str]]] = defaultdict(list)
+    families: dict[bool, list[tuple[dict[str, str], float]]] = defaultdict(list)
     for row in rows:
+        column = _confirmatory_column(row["scope"])
+        if row["p"] == "":
+            assert column is not None and row["n_questions"] == "0", row  # only a hypothesis may go untested
+            families[True].append((row, 1.0))
+            continue
         a, b = outcomes[row["a"]], outcomes[row["b"]]
-        expected = expected_difference(a, b)  # on the average over the tasks, as these studies compare
+        if column not in (None, "average"):
+            a, b = {column: a[column]}, {column: b[column]}
+        expected = expected_difference(a, b)
         assert float(row["difference"]) == pytest.approx(expected["difference"], abs=1e-9)
         assert float(row["se"]) == pytest.approx(expected["se"], rel=1e-6)
         assert float(row["p"]) == pytest.approx(expected["p"], abs=1e-6)
         assert (int(row["a_better"]), int(row["b_better"])) == (expected["a_better"], expected["b_better"])
-        families["hypothesis" in row["scope"]].append(row)
+        families[column is not None].append((row, float(row["p"])))
     for family in families.values():
-        for row, adjusted in zip(family, _holm([float(r["p"]) for r in family])):
-            assert float(row["p_holm"]) == pytest.approx(adjusted, abs=1e-6)
+        for (row, _), adjusted in zip(family, _holm([p for _, p in family])):
+            if row["p"] != "":
+                assert float(row["p_holm"]) == pytest.approx(adjusted, abs=1e-6), row["scope"]
+
+
+def _cells(text: str) -> tuple[list[str], list[float]]:
+    """A CSV's text cells and, apart, its numbers (whose last digit may differ with another libm or SciPy)."""
+    words, numbers = [], []
+    for line in csv.reader(io.StringIO(text)):
+        for cell in line:
+            try:
+                numbers.append(float(cell))
+                words.append("#")
+            except ValueError:
+                words.append(cell)
+        words.append("\n")
+    return words, numbers
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
-def test_the_report_functions_rewrite_table_and_comparisons_from_the_records_alone(folder: Path) -> None:
+def test_the_report_functions_rewrite_table_and_comparisons_from_the_committed_folder_alone(folder: Path) -> None:
+    # The hypotheses come from the spec the study ran with, saved beside its records (specs.json).
     records = from_json((folder / "records.json").read_text())
-    hypotheses = {}
-    for study in dict.fromkeys(r["study"] for r in records):
-        spec = yaml.safe_load((ROOT / "configs" / "studies" / f"{study}.yaml").read_text())
-        if spec.get("hypotheses"):
-            hypotheses[study] = spec["hypotheses"]
+    specs = json.loads((folder / "specs.json").read_text())
+    hypotheses = {name: spec["hypotheses"] for name, spec in specs.items() if spec.get("hypotheses")}
     summary = report.table(records)
     found = report.comparisons(records, summary, hypotheses)
-    assert report.table_csv(summary) == (folder / "table.csv").read_text()
-    assert report.comparisons_csv(found) == (folder / "comparisons.csv").read_text()
-    assert sum(1 for c in found if c.get("hypothesis")) == sum(len(h) for h in hypotheses.values())
+    for written, committed in ((report.table_csv(summary), "table.csv"), (report.comparisons_csv(found),
+                                                                         "comparisons.csv")):
+        words, numbers = _cells((folder / committed).read_text())
+        assert _cells(written)[0] == words
+        assert _cells(written)[1] == pytest.approx(numbers, rel=1e-12, abs=1e-15)
+    confirmatory = [r for r in csv.DictReader((folder / "comparisons.csv").open()) if _confirmatory_column(r["scope"])]
+    assert len(confirmatory) == sum(len(h) for h in hypotheses.values())
+
+
+def test_the_evidence_study_ran_with_the_hypotheses_it_registered() -> None:
+    # The pre-registration (configs/studies/evidence-commonsense.yaml, committed before the run) and the spec the
+    # study saved when it ran hold the same hypotheses.
+    folder = RESULTS / "evidence-commonsense"
+    if not (folder / "specs.json").is_file():
+        pytest.skip("the evidence-commonsense result is not committed yet")
+    registered = yaml.safe_load((ROOT / "configs" / "studies" / "evidence-commonsense.yaml").read_text())
+    ran = json.loads((folder / "specs.json").read_text())["evidence-commonsense"]
+    assert ran["hypotheses"] == registered["hypotheses"]

@@ -292,8 +292,8 @@ def _add_study_commands(subparsers: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="tables, paired comparisons, plots and an HTML page from one or more "
                                            "study folders")
     report.add_argument("dirs", nargs="+", help="study folders (several: compared side by side)")
-    report.add_argument("--out", help="where report.md, report.html, table.csv, comparisons.csv, records.json and the "
-                                      "PNGs go (default: DIR/report)")
+    report.add_argument("--out", help="where report.md, report.html, table.csv, comparisons.csv, records.json, "
+                                      "specs.json and the PNGs go (default: DIR/report)")
     report.add_argument("--json", action="store_true",
                         help="print one record per run x task instead, with each question's outcome")
     report.set_defaults(func=_run_study_report)
@@ -391,8 +391,8 @@ def _run_study_report(args: argparse.Namespace) -> int:
         return 0
     result = write_report(args.dirs, args.out)
     print(result["markdown"], end="")
-    print(f"report in {result['folder']}/ (report.md, report.html, table.csv, comparisons.csv, records.json, PNG "
-          "plots)")
+    print(f"report in {result['folder']}/ (report.md, report.html, table.csv, comparisons.csv, records.json, "
+          "specs.json, PNG plots)")
     return 0
 
 

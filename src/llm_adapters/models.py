@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -316,25 +318,26 @@ def _cached_sha256(path: Path) -> str:
     return cache[key]
 
 
-_UNRESOLVED: set[str] = set()  # hub ids this process could not resolve: asked once, not once per planned run
+_UNREACHED: dict[str, float] = {}  # hub id -> when this process last failed to reach the hub for it
+_RETRY_AFTER_S = 60.0  # a study plans every run on one model in seconds: one timeout, not one a run
 
 
 def _hub_revision(repo_id: str) -> str | None:
     """The commit of a hub model that `from_pretrained` would load: the one in the local Hugging Face cache, else
     the one the hub serves now (its config.json fetched, as loading would), else None (offline and not cached: the
     model cannot load either). Resolved before a run starts, so a run's identity and a study's run ids are the
-    same before and after the first download. An id that failed is not asked again in this process: offline, each
-    attempt waits out the hub's timeout, and a study plans every run on the same model."""
-    if repo_id in _UNRESOLVED:
-        return None
+    same before and after the first download. Offline, each fetch waits out the hub's timeout: after a failure the
+    hub is not asked again for that id for a minute (the local cache still is)."""
     try:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
         found = try_to_load_from_cache(repo_id, "config.json")
         if not isinstance(found, str):
+            if time.monotonic() - _UNREACHED.get(repo_id, -math.inf) < _RETRY_AFTER_S:
+                return None
             found = hf_hub_download(repo_id, "config.json")
     except Exception:  # a malformed id, no network and no cache: the identity is then the name alone
-        _UNRESOLVED.add(repo_id)
+        _UNREACHED[repo_id] = time.monotonic()
         return None
     return Path(found).parent.name
 

@@ -414,7 +414,7 @@ def records_json(records: list[dict[str, Any]]) -> str:
 
 
 def write_report(folders: list[str | Path], out: str | Path | None = None) -> dict[str, Any]:
-    """Write report.md, report.html, table.csv, comparisons.csv, records.json and the plots into `out`
+    """Write report.md, report.html, table.csv, comparisons.csv, records.json, specs.json and the plots into `out`
     (default: the first folder's report/).
 
     Raises:
@@ -442,6 +442,8 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> di
     write_text_atomic(out / "table.csv", table_csv(summary))
     write_text_atomic(out / "comparisons.csv", comparisons_csv(found))
     write_text_atomic(out / "records.json", records_json(contents.records))
+    # the specs the runs ran with (their hypotheses among them): with records.json, all a report is computed from
+    write_text_atomic(out / "specs.json", json.dumps(contents.specs, indent=1) + "\n")
     confirmed = [c for c in found if c.get("hypothesis")]
     page = render_html(title, table_view(summary), comparison_view(found), [sentence(c) for c in found],
                        plots, answers(contents), notes=(TABLE_NOTE, COMPARISON_NOTE),
