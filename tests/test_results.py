@@ -65,7 +65,7 @@ def test_every_cell_and_average_recomputes_from_the_records(folder: Path) -> Non
         m, low, high = expected_average(by_task) if row["column"] == "average" else expected_cell(
             by_task[row["column"]])
         assert (float(row["mean"]), float(row["ci95_low"]), float(row["ci95_high"])) == pytest.approx(
-            (m, low, high), abs=1e-6), (row["configuration"], row["column"])  # z and t to 5-7 digits here
+            (m, low, high), abs=2e-5), (row["configuration"], row["column"])  # t to 5 digits: 4e-6 at sd 14 points
 
 
 def _confirmatory_column(scope: str) -> str | None:
