@@ -1,7 +1,8 @@
 """The committed study results recompute from their own records: every task cell of `table.csv` and every
 comparison of `comparisons.csv` (difference, SE, p, Holm p, the counts) from the per-question outcomes in
 `records.json`, with the by-hand formulas of test_study_statistics; and both files, byte for byte, with the report's
-own functions on `records.json` and the committed spec's hypotheses."""
+own functions on `records.json` and the committed spec's hypotheses; and the evidence study's README tables are
+those numbers."""
 from __future__ import annotations
 
 import csv
@@ -141,3 +142,36 @@ def test_the_evidence_study_ran_with_the_hypotheses_it_registered() -> None:
     registered = yaml.safe_load((ROOT / "configs" / "studies" / "evidence-commonsense.yaml").read_text())
     ran = json.loads((folder / "specs.json").read_text())["evidence-commonsense"]
     assert ran["hypotheses"] == registered["hypotheses"]
+
+
+def test_the_evidence_readme_tables_are_the_committed_numbers() -> None:
+    # The result's README types its two tables by hand: each number must be the CSVs', rounded as printed.
+    folder = RESULTS / "evidence-commonsense"
+    if not (folder / "README.md").is_file():
+        pytest.skip("the evidence-commonsense result is not committed yet")
+    text = (folder / "README.md").read_text()
+    averages = {r["configuration"]: r for r in csv.DictReader((folder / "table.csv").open())
+                if r["column"] == "average"}
+    rows = re.findall(r"^\| (base model|(\w+)[^|]*?, lr (\S+)) \| ([\d.]+) \[([\d.]+)-([\d.]+)\] \| (\S+) \|$", text,
+                      re.MULTILINE)
+    assert len(rows) == len(averages) == 8
+    for label, method, lr, m, low, high, sd in rows:
+        if label == "base model":
+            row = averages["base model"]
+        else:
+            key = {f"method={method.lower()}", f"learning_rate={float(lr)!r}"}
+            (row,) = [r for c, r in averages.items() if key <= set(c.split(","))]
+        assert (m, low, high) == tuple(f"{100 * float(row[k]):.1f}" for k in ("mean", "ci95_low", "ci95_high"))
+        assert sd == (f"{100 * float(row['sd']):.1f}" if row["sd"] else "–")
+    hypotheses = {re.search(r"H\d", r["scope"]).group(): r for r in csv.DictReader((folder / "comparisons.csv").open())
+                  if r["scope"].startswith("confirmatory")}
+    rows = re.findall(r"^\| (H\d) \| [^|]+ \| ([+-][\d.]+) \| \[([+-][\d.]+), ([+-][\d.]+)\] \| ([\d.]+) \| ([\d.]+) "
+                      r"\| ([a-z ]+) \|$", text, re.MULTILINE)
+    assert sorted(name for name, *_ in rows) == sorted(hypotheses) == ["H1", "H2", "H3", "H4", "H5"]
+    for name, d, low, high, p, p_holm, outcome in rows:
+        r = hypotheses[name]
+        diff, se = 100 * float(r["difference"]), 100 * float(r["se"])
+        assert (d, low, high) == tuple(f"{x:+.1f}" for x in (diff, diff - 1.959964 * se, diff + 1.959964 * se))
+        assert (p, p_holm) == (f"{float(r['p']):.2f}", f"{float(r['p_holm']):.2f}")
+        decided = float(r["p_holm"]) < 0.05
+        assert outcome == ("not decided" if not decided else "held" if diff > 0 else "contradicted")
