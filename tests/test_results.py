@@ -131,6 +131,14 @@ def test_the_report_functions_rewrite_table_and_comparisons_from_the_committed_f
         assert _cells(written)[1] == pytest.approx(numbers, rel=1e-12, abs=1e-15)
     confirmatory = [r for r in csv.DictReader((folder / "comparisons.csv").open()) if _confirmatory_column(r["scope"])]
     assert len(confirmatory) == sum(len(h) for h in hypotheses.values())
+    # report.md: its tables and sentences are what the report's functions write from the same records
+    registered = [c for c in found if c.get("hypothesis")]
+    expected = report._markdown_table(*report.table_view(summary)) + report._markdown_table(
+        *report.comparison_view(found)) + [f"- {c['scope']}: {report.sentence(c)}" for c in found]
+    if registered:
+        expected += report._markdown_table(*report.hypotheses_view(registered))
+    written = (folder / "report.md").read_text().splitlines()
+    assert [line for line in expected if line not in written] == []
 
 
 def test_the_evidence_study_ran_with_the_hypotheses_it_registered() -> None:
@@ -144,32 +152,43 @@ def test_the_evidence_study_ran_with_the_hypotheses_it_registered() -> None:
     assert ran["hypotheses"] == registered["hypotheses"]
 
 
+def _configuration(label: str, configurations: list[str]) -> str:
+    """The one configuration a README label names: "base model", "Prefix", "LoRA attn+mlp, lr 3e-4" or
+    "LoRA (lr 1e-3)" (method, optional placement, optional learning rate)."""
+    if label in ("base model", "the base model"):
+        return "base model"
+    method, placement, lr = re.fullmatch(r"(\w+)(?: ([\w+]+))?(?:,? \(?lr ([\de.-]+)\)?)?", label).groups()
+    key = {f"method={method.lower()}"} | ({f"placement={placement}"} if placement else set()) | \
+        ({f"learning_rate={float(lr)!r}"} if lr else set())
+    (found,) = [c for c in configurations if key <= set(c.split(","))]
+    return found
+
+
 def test_the_evidence_readme_tables_are_the_committed_numbers() -> None:
-    # The result's README types its two tables by hand: each number must be the CSVs', rounded as printed.
+    # The result's README types its two tables by hand: each label must name the CSVs' configuration and each
+    # number be the CSVs', rounded as printed; every configuration and hypothesis appears once.
     folder = RESULTS / "evidence-commonsense"
     if not (folder / "README.md").is_file():
         pytest.skip("the evidence-commonsense result is not committed yet")
     text = (folder / "README.md").read_text()
     averages = {r["configuration"]: r for r in csv.DictReader((folder / "table.csv").open())
                 if r["column"] == "average"}
-    rows = re.findall(r"^\| (base model|(\w+)[^|]*?, lr (\S+)) \| ([\d.]+) \[([\d.]+)-([\d.]+)\] \| (\S+) \|$", text,
-                      re.MULTILINE)
-    assert len(rows) == len(averages) == 8
-    for label, method, lr, m, low, high, sd in rows:
-        if label == "base model":
-            row = averages["base model"]
-        else:
-            key = {f"method={method.lower()}", f"learning_rate={float(lr)!r}"}
-            (row,) = [r for c, r in averages.items() if key <= set(c.split(","))]
+    rows = re.findall(r"^\| ([^|]+?) \| ([\d.]+) \[([\d.]+)-([\d.]+)\] \| (\S+) \|$", text, re.MULTILINE)
+    named = [_configuration(label, list(averages)) for label, *_ in rows]
+    assert sorted(named) == sorted(averages) and len(averages) == 8
+    for configuration, (_, m, low, high, sd) in zip(named, rows):
+        row = averages[configuration]
         assert (m, low, high) == tuple(f"{100 * float(row[k]):.1f}" for k in ("mean", "ci95_low", "ci95_high"))
         assert sd == (f"{100 * float(row['sd']):.1f}" if row["sd"] else "–")
     hypotheses = {re.search(r"H\d", r["scope"]).group(): r for r in csv.DictReader((folder / "comparisons.csv").open())
                   if r["scope"].startswith("confirmatory")}
-    rows = re.findall(r"^\| (H\d) \| [^|]+ \| ([+-][\d.]+) \| \[([+-][\d.]+), ([+-][\d.]+)\] \| ([\d.]+) \| ([\d.]+) "
-                      r"\| ([a-z ]+) \|$", text, re.MULTILINE)
+    rows = re.findall(r"^\| (H\d) \| ([^|]+) > ([^|]+) \| ([+-][\d.]+) \| \[([+-][\d.]+), ([+-][\d.]+)\] \| ([\d.]+) "
+                      r"\| ([\d.]+) \| ([a-z ]+) \|$", text, re.MULTILINE)
     assert sorted(name for name, *_ in rows) == sorted(hypotheses) == ["H1", "H2", "H3", "H4", "H5"]
-    for name, d, low, high, p, p_holm, outcome in rows:
+    configurations = [*averages]
+    for name, a, b, d, low, high, p, p_holm, outcome in rows:
         r = hypotheses[name]
+        assert (_configuration(a, configurations), _configuration(b, configurations)) == (r["a"], r["b"])
         diff, se = 100 * float(r["difference"]), 100 * float(r["se"])
         assert (d, low, high) == tuple(f"{x:+.1f}" for x in (diff, diff - 1.959964 * se, diff + 1.959964 * se))
         assert (p, p_holm) == (f"{float(r['p']):.2f}", f"{float(r['p_holm']):.2f}")
