@@ -1,8 +1,13 @@
 """Exploratory, not pre-registered: how often each configuration answers with a single label per task, and the
 majority-label accuracy of these questions (the accuracy of always answering a task's most frequent gold label)."""
-import collections, json, glob, re, statistics as st
-TASKS = ["boolq", "piqa", "siqa", "winogrande", "arc-e", "arc-c", "obqa"]
+import collections
+import glob
+import json
+import re
+import statistics as st
 import sys
+
+TASKS = ["boolq", "piqa", "siqa", "winogrande", "arc-e", "arc-c", "obqa"]
 root = sys.argv[1] if len(sys.argv) > 1 else "runs/studies/evidence-commonsense/runs"
 gold = {}
 by_conf = collections.defaultdict(list)

@@ -48,7 +48,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llm_adapters.files import write_text_atomic
+from llm_adapters.files import write_json_atomic, write_text_atomic
 from llm_adapters.study import statistics
 from llm_adapters.study.records import StoreContents, read_store
 
@@ -443,7 +443,7 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> di
     write_text_atomic(out / "comparisons.csv", comparisons_csv(found))
     write_text_atomic(out / "records.json", records_json(contents.records))
     # the specs the runs ran with (their hypotheses among them): with records.json, all a report is computed from
-    write_text_atomic(out / "specs.json", json.dumps(contents.specs, indent=1) + "\n")
+    write_json_atomic(out / "specs.json", contents.specs)
     confirmed = [c for c in found if c.get("hypothesis")]
     page = render_html(title, table_view(summary), comparison_view(found), [sentence(c) for c in found],
                        plots, answers(contents), notes=(TABLE_NOTE, COMPARISON_NOTE),
