@@ -120,7 +120,7 @@ def _cells(text: str) -> tuple[list[str], list[float]]:
 def test_the_report_functions_rewrite_table_and_comparisons_from_the_committed_folder_alone(folder: Path) -> None:
     # The hypotheses come from the spec the study ran with, saved beside its records (specs.json).
     records = from_json((folder / "records.json").read_text())
-    specs = json.loads((folder / "specs.json").read_text())
+    specs = json.loads((folder / "specs.json").read_text(encoding="utf-8"))
     hypotheses = {name: spec["hypotheses"] for name, spec in specs.items() if spec.get("hypotheses")}
     summary = report.table(records)
     found = report.comparisons(records, summary, hypotheses)
@@ -148,7 +148,7 @@ def test_the_evidence_study_ran_with_the_hypotheses_it_registered() -> None:
     if not (folder / "specs.json").is_file():
         pytest.skip("the evidence-commonsense result is not committed yet")
     registered = yaml.safe_load((ROOT / "configs" / "studies" / "evidence-commonsense.yaml").read_text())
-    ran = json.loads((folder / "specs.json").read_text())["evidence-commonsense"]
+    ran = json.loads((folder / "specs.json").read_text(encoding="utf-8"))["evidence-commonsense"]
     assert ran["hypotheses"] == registered["hypotheses"]
 
 

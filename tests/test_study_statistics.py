@@ -651,5 +651,5 @@ def test_report_md_and_html_both_show_the_hypotheses_table(study, tmp_path):
     parser.feed((Path(result["folder"]) / "report.html").read_text())
     assert "Pre-registered hypotheses" in parser.headings
     assert all(cell in parser.cells for cell in row)  # every cell of the hypothesis' row is in the page
-    specs = json.loads((Path(result["folder"]) / "specs.json").read_text())  # the spec it ran with, beside records
+    specs = json.loads((Path(result["folder"]) / "specs.json").read_text(encoding="utf-8"))  # the spec it ran with, beside records
     assert specs == {saved["name"]: saved["spec"]} and specs[saved["name"]]["hypotheses"][0]["name"] == "H1"
